@@ -1,0 +1,184 @@
+"""WRN-d-k for 32x32 inputs in both designs of McDonnell et al. (2019).
+
+* Stem: learned BN on raw 0..255 pixels -> 3x3 conv to 16k channels.
+* Three stages of n = (d - 2) / 6 pre-activation basic blocks with 16k, 32k, 64k channels:
+  ``x + conv3x3(act(conv3x3_stride(act(x))))``. The first block of stages 2 and 3 downsamples: stride-2
+  first conv, shortcut = 3x3 stride-2 average pool, then zero channels concatenated (no parameters).
+* ``norm='bn'`` (ICLR 2018): act = BN without scale/offset -> ReLU; head act -> 1x1 conv -> BN -> GAP.
+* ``norm='none'`` (2019): act = shifted ReLU max(x, -1); head act -> 1x1 conv -> x(1/T) -> GAP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from onebit.nn import BinaryConv2d, ShiftedReLU
+
+NORMS = ("bn", "none")
+
+
+def default_temperature(num_classes: int, weight_bits: int) -> float:
+    """The paper's head temperature T: 40 (CIFAR-10, 1-bit), 80 (CIFAR-10, 32-bit), 25 (CIFAR-100)."""
+    if num_classes >= 100:
+        return 25.0
+    return 40.0 if weight_bits == 1 else 80.0
+
+
+@dataclass
+class WRNConfig:
+    """Everything that defines a network's architecture (stored in checkpoints and model files)."""
+
+    depth: int = 20
+    width: int = 10
+    num_classes: int = 10
+    norm: str = "none"
+    weight_bits: int = 1
+    temperature: float | None = None
+    binarize_first_last: bool = True
+    in_channels: int = 3
+    pad_mode: str = "symmetric"
+    stem_relu: bool = False
+
+    def __post_init__(self) -> None:
+        if self.depth < 8 or (self.depth - 2) % 6 != 0:
+            raise ValueError(f"WRN depth must be 6n+2 with n >= 1 (8, 14, 20, 26, ...), got {self.depth}")
+        if self.width < 1:
+            raise ValueError(f"WRN width must be a positive integer, got {self.width}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.weight_bits not in (1, 32):
+            raise ValueError(f"weight_bits must be 1 or 32, got {self.weight_bits}")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
+        if self.temperature is None and self.norm == "none":
+            self.temperature = default_temperature(self.num_classes, self.weight_bits)
+        if self.temperature is not None and not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+
+    @property
+    def blocks_per_stage(self) -> int:
+        return (self.depth - 2) // 6
+
+    @property
+    def stage_channels(self) -> tuple[int, int, int]:
+        return (16 * self.width, 32 * self.width, 64 * self.width)
+
+    @property
+    def name(self) -> str:
+        design = "bn" if self.norm == "bn" else "srelu"
+        return f"wrn-{self.depth}-{self.width}-{design}-{self.weight_bits}bit"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "WRNConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+def make_activation(norm: str, channels: int) -> nn.Module:
+    """BN (no learned scale/offset) + ReLU for the BN design; shifted ReLU for the BN-free design."""
+    if norm == "bn":
+        return nn.Sequential(nn.BatchNorm2d(channels, affine=False), nn.ReLU(inplace=False))
+    return ShiftedReLU()
+
+
+class DownsampleShortcut(nn.Module):
+    """3x3 stride-2 average pool (mean over real pixels) followed by concatenated zero channels."""
+
+    def __init__(self, in_channels: int, out_channels: int, pad_mode: str = "symmetric"):
+        super().__init__()
+        self.extra_channels = out_channels - in_channels
+        self.pad_mode = pad_mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad_mode == "tf_same":
+            # TF 'same' on even inputs: 0 before, 1 after; divide by the number of real pixels.
+            padded = F.pad(x, (0, 1, 0, 1))
+            ones = F.pad(torch.ones_like(x[:1, :1]), (0, 1, 0, 1))
+            x = F.avg_pool2d(padded, 3, 2) / F.avg_pool2d(ones, 3, 2)
+        else:
+            x = F.avg_pool2d(x, 3, 2, padding=1, count_include_pad=False)
+        if self.extra_channels:
+            x = F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
+        return x
+
+
+class PreActBlock(nn.Module):
+    """``shortcut(x) + conv2(act2(conv1(act1(x))))``."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, cfg: WRNConfig):
+        super().__init__()
+        self.act1 = make_activation(cfg.norm, in_channels)
+        self.conv1 = BinaryConv2d(in_channels, out_channels, 3, stride, cfg.weight_bits, cfg.pad_mode)
+        self.act2 = make_activation(cfg.norm, out_channels)
+        self.conv2 = BinaryConv2d(out_channels, out_channels, 3, 1, cfg.weight_bits, cfg.pad_mode)
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut: nn.Module = DownsampleShortcut(in_channels, out_channels, cfg.pad_mode)
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(self.act1(x))
+        out = self.conv2(self.act2(out))
+        return self.shortcut(x) + out
+
+
+class WideResNet(nn.Module):
+    """WRN-d-k for 32x32 images in the BN design (ICLR 2018) or the BN-free design (2019).
+
+    Input: raw pixel values 0..255, float or uint8, NCHW. Output: class logits.
+    """
+
+    def __init__(self, cfg: WRNConfig):
+        super().__init__()
+        self.config = cfg
+        edge_bits = cfg.weight_bits if cfg.binarize_first_last else 32
+        c1, c2, c3 = cfg.stage_channels
+        self.input_bn = nn.BatchNorm2d(cfg.in_channels, affine=True)
+        self.stem_act = nn.ReLU() if cfg.stem_relu else nn.Identity()
+        self.stem = BinaryConv2d(cfg.in_channels, c1, 3, 1, edge_bits, cfg.pad_mode)
+        blocks = []
+        in_c = c1
+        for stage, out_c in enumerate((c1, c2, c3)):
+            for i in range(cfg.blocks_per_stage):
+                stride = 2 if (stage > 0 and i == 0) else 1
+                blocks.append(PreActBlock(in_c, out_c, stride, cfg))
+                in_c = out_c
+        self.blocks = nn.Sequential(*blocks)
+        self.head_act = make_activation(cfg.norm, c3)
+        self.head = BinaryConv2d(c3, cfg.num_classes, 1, 1, edge_bits, cfg.pad_mode)
+        self.head_bn = nn.BatchNorm2d(cfg.num_classes, affine=False) if cfg.norm == "bn" else None
+        self.inv_temperature = 1.0 / cfg.temperature if cfg.norm == "none" else 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.input_bn(x.float() if x.dtype == torch.uint8 else x)
+        x = self.stem(self.stem_act(x))
+        x = self.blocks(x)
+        x = self.head(self.head_act(x))
+        if self.head_bn is not None:
+            x = self.head_bn(x)
+        else:
+            x = x * self.inv_temperature
+        return x.mean(dim=(2, 3))
+
+    def conv_layers(self) -> list[tuple[str, BinaryConv2d]]:
+        """All convolutions in forward order, with their qualified names."""
+        return [(n, m) for n, m in self.named_modules() if isinstance(m, BinaryConv2d)]
+
+
+def build_model(cfg: WRNConfig | dict[str, Any]) -> WideResNet:
+    """Build a WideResNet from a config object or its dict form."""
+    if isinstance(cfg, dict):
+        cfg = WRNConfig.from_dict(cfg)
+    return WideResNet(cfg)

@@ -1,0 +1,1 @@
+"""Training: configuration, learning-rate schedules, checkpoints and the training loop."""
