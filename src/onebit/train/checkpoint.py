@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from onebit.errors import OnebitError
 from onebit.models import WRNConfig, WideResNet, build_model
 
 FORMAT = "onebit-checkpoint"
@@ -26,7 +27,7 @@ VERSION = "1"
 CHECKPOINT_NAME = "checkpoint.safetensors"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(OnebitError):
     """A checkpoint file is missing, corrupt, or not a onebit checkpoint."""
 
 
