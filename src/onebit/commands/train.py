@@ -1,0 +1,99 @@
+"""``onebit train``: train a preset (any option overridable) or resume a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from onebit.errors import ConfigError
+from onebit.presets import get_preset
+from onebit.train.config import TrainConfig, field_types
+
+HELP = {
+    "dataset": "cifar10 or cifar100", "data_dir": "folder holding the dataset (default: $ONEBIT_DATA or "
+    "~/.cache/onebit/data)", "val_size": "hold out N training images as a validation set",
+    "train_limit": "train on the first N training images only (0 = all)", "depth": "WRN depth d (6n+2)",
+    "width": "WRN width k", "norm": "bn (BN + ReLU, ICLR 2018) or none (shifted ReLU, 2019)",
+    "weight_bits": "1 or 32", "temperature": "head temperature T of BN-free nets (default: paper's)",
+    "binarize_first_last": "binarize the first and last conv too (reference: yes)",
+    "epochs": "training epochs", "schedule": "cosine (one cycle) or restarts (SGDR 2, 4, 8, ... epochs)",
+    "lr": "peak learning rate", "lr_min": "final learning rate of each cosine cycle",
+    "first_cycle": "length in epochs of the first warm-restart cycle", "batch_size": "global batch size",
+    "momentum": "SGD momentum", "weight_decay": "weight decay on conv weights",
+    "translate": "max random translation in pixels (0 = off)", "flip": "random horizontal flips",
+    "cutout": "cutout patch size (0 = off)", "seed": "random seed", "device": "auto, cpu, cuda or cuda:N",
+    "amp": "bf16 autocast on GPU", "channels_last": "channels_last memory format on GPU",
+    "compile": "torch.compile the training step", "num_threads": "CPU threads (0 = all cores)",
+    "eval_batch_size": "evaluation batch size", "bn_recompute": "recompute BN statistics after training",
+}
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One ``--option`` per TrainConfig field; unset options keep the preset's value."""
+    group = parser.add_argument_group("training options (override the preset)")
+    types = field_types()
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if types[f.name] is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=HELP.get(f.name))
+        else:
+            group.add_argument(flag, dest=f.name, type=types[f.name], default=None, metavar=f.name.upper(),
+                               help=f"{HELP.get(f.name, '')} (default: {f.default})")
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+            if getattr(args, f.name, None) is not None}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a network (a preset, with any option overridden)",
+                       description="Train a WRN with the reference recipe. Pick a preset (`onebit presets`) "
+                                   "and override any option, or continue a stopped run with --resume.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", default=None, help="named preset (see `onebit presets`)")
+    p.add_argument("--run-dir", default=None, help="output folder (default: runs/<preset>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--stop-after", type=int, default=None, metavar="EPOCH",
+                   help="stop (resumably) after this epoch, keeping the schedule of the full run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_options(p)
+    p.set_defaults(func=run)
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    overrides = config_overrides(args)
+    if args.resume:
+        config_file = Path(args.resume) / "config.json"
+        if not config_file.is_file():
+            raise ConfigError(f"{args.resume} is not a run directory (no config.json)")
+        try:
+            base = json.loads(config_file.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"{config_file}: corrupt ({exc})") from None
+        changed = {k for k, v in overrides.items() if k not in ("epochs", "device", "num_threads", "data_dir",
+                                                                "eval_batch_size", "compile")
+                   and base.get(k) != v}
+        if changed:
+            raise ConfigError(f"--resume cannot change {', '.join(sorted(changed))}; start a new run instead")
+        return TrainConfig.from_dict({**base, **overrides})
+    if args.preset:
+        return get_preset(args.preset, **overrides)
+    return TrainConfig.from_dict(overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    from onebit.train.loop import train
+
+    cfg = resolve_config(args)
+    run_dir = Path(args.resume or args.run_dir or
+                   Path("runs") / f"{args.preset or cfg.model_config().name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    result = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
+                   stop_after=args.stop_after)
+    print(json.dumps({"run_dir": str(run_dir), **result}, indent=2))
+    return 0

@@ -1,0 +1,38 @@
+"""Open any model file onebit writes -- a training checkpoint or a packed ``.onebit`` model -- as a model.
+
+The kind is read from the safetensors metadata ``format`` field, never from the file name, and nothing in
+a file is executed (safetensors holds only tensors and strings).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from onebit.models import WideResNet
+from onebit.export.packed import FORMAT as PACKED_FORMAT, load_packed
+from onebit.train.checkpoint import CHECKPOINT_NAME, FORMAT as CHECKPOINT_FORMAT, CheckpointError
+from onebit.train.checkpoint import load_checkpoint, read_safetensors
+
+
+def file_format(path: str | Path) -> str:
+    """The ``format`` metadata field of a safetensors model file."""
+    _, metadata = read_safetensors(path)
+    return metadata.get("format", "")
+
+
+def load_model_file(path: str | Path) -> tuple[WideResNet, dict[str, Any]]:
+    """Return ``(model in eval mode on CPU, info)`` for a checkpoint, run directory or packed model."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    fmt = file_format(path)
+    if fmt == CHECKPOINT_FORMAT:
+        ckpt = load_checkpoint(path)
+        return ckpt.build_model(), {"kind": "checkpoint", "path": str(path), "state": ckpt.state,
+                                    "train_config": ckpt.train_config}
+    if fmt == PACKED_FORMAT:
+        model, metadata = load_packed(path)
+        return model, {"kind": "packed", "path": str(path), **metadata}
+    raise CheckpointError(f"{path}: unknown model file format {fmt!r} (expected a onebit checkpoint "
+                          f"or a packed .onebit model)")

@@ -1,0 +1,119 @@
+"""TrainConfig: every setting of a training run, with the reference recipe as defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from onebit.errors import ConfigError
+from onebit.models import WRNConfig
+from onebit.train.schedules import SCHEDULES
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    val_size: int = 0
+    train_limit: int = 0
+    # model
+    depth: int = 20
+    width: int = 10
+    norm: str = "none"
+    weight_bits: int = 1
+    temperature: float | None = None
+    binarize_first_last: bool = True
+    # optimisation (reference recipe)
+    epochs: int = 300
+    schedule: str = "cosine"
+    lr: float = 0.1
+    lr_min: float = 1e-5
+    first_cycle: int = 2
+    batch_size: int = 125
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    # augmentation
+    translate: int = 4
+    flip: bool = True
+    cutout: int = 18
+    # run
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    num_threads: int = 0
+    eval_batch_size: int = 500
+    bn_recompute: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0 and self.lr_min >= 0, "lr must be > 0 and lr_min >= 0"),
+            (self.lr_min <= self.lr, f"lr_min {self.lr_min} must not exceed lr {self.lr}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}"),
+            (self.first_cycle >= 1, "first_cycle must be >= 1"),
+            (self.val_size >= 0 and self.train_limit >= 0, "val_size and train_limit must be >= 0"),
+            (self.weight_decay >= 0 and 0 <= self.momentum < 1, "need weight_decay >= 0, 0 <= momentum < 1"),
+            (0 <= self.translate <= 16 and 0 <= self.cutout <= 32, "translate must be 0..16, cutout 0..32"),
+            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+             f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        self.model_config()
+
+    @property
+    def num_classes(self) -> int:
+        return {"cifar10": 10, "cifar100": 100}.get(self.dataset, 0) or _raise_dataset(self.dataset)
+
+    def model_config(self) -> WRNConfig:
+        try:
+            return WRNConfig(depth=self.depth, width=self.width, num_classes=self.num_classes, norm=self.norm,
+                             weight_bits=self.weight_bits, temperature=self.temperature,
+                             binarize_first_last=self.binarize_first_last)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown training options: {', '.join(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return self.from_dict({**self.to_dict(), **changes})
+
+    def hash(self) -> str:
+        """A short stable hash of the settings that change results (not paths or devices)."""
+        ignore = {"data_dir", "device", "num_threads", "eval_batch_size"}
+        items = {k: v for k, v in self.to_dict().items() if k not in ignore}
+        return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _raise_dataset(name: str) -> int:
+    raise ConfigError(f"unknown dataset {name!r}; choose from cifar10, cifar100")
+
+
+def field_types() -> dict[str, Any]:
+    """Field name -> python type used to parse command-line overrides."""
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        t = f.type if isinstance(f.type, str) else f.type.__name__
+        out[f.name] = {"str": str, "int": int, "float": float, "bool": bool}.get(
+            t.split(" ")[0].replace("|", "").strip(), str)
+    return out

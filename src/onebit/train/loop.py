@@ -1,0 +1,290 @@
+"""The training loop: reference recipe, per-iteration schedule, atomic checkpoints, exact resume.
+
+Run directory layout: ``config.json`` (resolved TrainConfig), ``metrics.jsonl`` (one JSON line per epoch),
+``checkpoint.safetensors`` (after every epoch, atomically), ``results.json`` (final metrics once finished).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from onebit.data.augment import Augmentation
+from onebit.data.batches import epoch_batches, steps_per_epoch
+from onebit.data.cifar import CifarSplit, load_cifar
+from onebit.errors import ConfigError, OnebitError, TrainingDiverged
+from onebit.evaluate import evaluate
+from onebit.models import WideResNet, build_model
+from onebit.nn import BinaryConv2d
+from onebit.train.checkpoint import (CHECKPOINT_NAME, load_checkpoint, restore_optimizer,
+                                     save_checkpoint)
+from onebit.train.config import TrainConfig
+from onebit.train.schedules import learning_rate
+
+VAL_SPLIT_SEED = 20190716  # fixed, so every run holds out the same validation images
+
+
+@dataclass
+class Datasets:
+    train: CifarSplit
+    val: CifarSplit | None
+    test: CifarSplit
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but CUDA is not available")
+    return device
+
+
+def load_datasets(cfg: TrainConfig) -> Datasets:
+    """Train / optional validation / test splits; the validation images come out of the training set."""
+    train = load_cifar(cfg.dataset, cfg.data_dir, train=True)
+    test = load_cifar(cfg.dataset, cfg.data_dir, train=False)
+    val = None
+    if cfg.val_size:
+        if cfg.val_size >= len(train):
+            raise ConfigError(f"val_size {cfg.val_size} leaves no training images (have {len(train)})")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
+        val_idx, train_idx = order[:cfg.val_size], order[cfg.val_size:].sort().values
+        val = CifarSplit(train.images[val_idx], train.labels[val_idx], train.classes)
+        train = CifarSplit(train.images[train_idx], train.labels[train_idx], train.classes)
+    if cfg.train_limit:
+        train = CifarSplit(train.images[:cfg.train_limit], train.labels[:cfg.train_limit], train.classes)
+    if len(train) < cfg.batch_size:
+        raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(train)} training images")
+    return Datasets(train, val, test)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum; weight decay only on conv weights (the latent full-precision ones)."""
+    conv = [m.weight for m in model.modules() if isinstance(m, BinaryConv2d)]
+    conv_ids = {id(p) for p in conv}
+    other = [p for p in model.parameters() if id(p) not in conv_ids]
+    groups = [{"params": conv, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=False)
+
+
+@torch.no_grad()
+def recompute_bn_statistics(model: nn.Module, images: torch.Tensor, batch_size: int,
+                            device: torch.device) -> None:
+    """Replace every BN layer's running mean/var by exact averages over ``images`` (no augmentation)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average = exact mean over batches
+    model.train()
+    for start in range(0, len(images), batch_size):
+        model(images[start:start + batch_size].to(device))
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.eval()
+
+
+class Trainer:
+    """Owns one run: data on the device, model, optimizer, schedule, checkpoints and metrics."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path, progress: bool = True,
+                 rank: int = 0, world_size: int = 1):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.progress = progress and rank == 0
+        self.rank, self.world_size = rank, world_size
+        self.device = select_device(cfg.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
+        self.data = load_datasets(cfg)
+        self.train_images = self.data.train.images.to(self.device)
+        self.train_labels = self.data.train.labels.to(self.device)
+        self.steps_per_epoch = steps_per_epoch(len(self.train_labels), cfg.batch_size)
+        torch.manual_seed(cfg.seed)
+        self.model_config = cfg.model_config()
+        self.model: WideResNet = build_model(self.model_config).to(self.device)
+        if cfg.channels_last and self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.augment = Augmentation(cfg.translate, cfg.flip, cfg.cutout)
+        self.epoch = 0
+        self.best: dict[str, Any] = {}
+        self.elapsed = 0.0
+        self.step_fn = self._train_step
+        if cfg.compile:
+            self.step_fn = torch.compile(self._train_step)
+
+    # ----- state -----
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT_NAME
+
+    def state(self, finished: bool = False) -> dict[str, Any]:
+        return {"epoch": self.epoch, "step": self.epoch * self.steps_per_epoch, "finished": finished,
+                "best": self.best, "elapsed_s": self.elapsed}
+
+    def save(self, finished: bool = False) -> None:
+        if self.rank == 0:
+            save_checkpoint(self.checkpoint_path, self.model, self.model_config, self.optimizer,
+                            self.cfg.to_dict(), self.state(finished))
+
+    def resume(self) -> None:
+        ckpt = load_checkpoint(self.checkpoint_path)
+        if ckpt.model_config != self.model_config:
+            raise ConfigError(f"{self.checkpoint_path}: checkpoint model {ckpt.model_config.name} does not "
+                              f"match the run's config {self.model_config.name}")
+        self.model.load_state_dict({k: v.to(self.device) for k, v in ckpt.model_state.items()})
+        restore_optimizer(self.optimizer, ckpt.optimizer_state)
+        self.epoch = int(ckpt.state.get("epoch", 0))
+        self.best = ckpt.state.get("best", {})
+        self.elapsed = float(ckpt.state.get("elapsed_s", 0.0))
+        _truncate_metrics(self.run_dir / "metrics.jsonl", self.epoch)
+
+    # ----- training -----
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        use_amp = self.cfg.amp and self.device.type == "cuda"
+        if self.cfg.channels_last and self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), (logits.argmax(1) == y).sum()
+
+    def train_epoch(self) -> dict[str, float]:
+        cfg, model = self.cfg, self.model
+        model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        start = time.perf_counter()
+        batches = epoch_batches(self.train_images, self.train_labels, cfg.batch_size, cfg.seed, self.epoch,
+                                self.augment, self.rank, self.world_size)
+        bar = tqdm(batches, total=self.steps_per_epoch, disable=not self.progress, leave=False,
+                   desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch", dynamic_ncols=True)
+        lr = cfg.lr
+        for i, (x, y) in enumerate(bar):
+            step = self.epoch * self.steps_per_epoch + i
+            lr = learning_rate(step, self.steps_per_epoch, cfg.epochs, cfg.schedule, cfg.lr, cfg.lr_min,
+                               cfg.first_cycle)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loss, hits = self.step_fn(x, y)
+            loss_sum += loss * len(y)
+            correct += hits
+            seen += len(y)
+            if self.progress and (i % 20 == 19 or i == self.steps_per_epoch - 1):
+                rate = seen * self.world_size / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
+                                lr=f"{lr:.4f}", img_s=f"{rate:.0f}")
+        totals = self._reduce(torch.stack([loss_sum, correct.to(loss_sum.dtype),
+                                           torch.tensor(float(seen), device=self.device)]))
+        seconds = time.perf_counter() - start
+        loss_mean = float(totals[0] / totals[2])
+        if not math.isfinite(loss_mean):
+            raise TrainingDiverged(f"training loss became {loss_mean} in epoch {self.epoch + 1}; stopped. The "
+                                   f"last good checkpoint (epoch {self.epoch}) is kept in {self.run_dir}")
+        return {"train_loss": loss_mean, "train_acc": float(totals[1] / totals[2]), "lr": lr,
+                "images_per_s": float(totals[2]) / seconds, "epoch_time_s": seconds}
+
+    def _reduce(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum ``values`` over ranks (identity in a single process)."""
+        if self.world_size > 1:
+            import torch.distributed as dist
+            dist.all_reduce(values)
+        return values
+
+    def evaluate_splits(self) -> dict[str, float]:
+        out = {}
+        model = getattr(self.model, "module", self.model)
+        for name, split in (("val", self.data.val), ("test", self.data.test)):
+            if split is None or len(split) == 0:
+                continue
+            res = evaluate(model, split.images, split.labels, self.cfg.eval_batch_size, self.device,
+                           amp=self.cfg.amp)
+            out.update({f"{name}_acc": res.top1, f"{name}_top5": res.top5, f"{name}_loss": res.loss})
+        return out
+
+    def fit(self) -> dict[str, Any]:
+        """Train from ``self.epoch`` to ``cfg.epochs``; returns the final metrics."""
+        self.fit_until(self.cfg.epochs)
+        return self.finish()
+
+    def fit_until(self, stop_epoch: int) -> dict[str, Any]:
+        """Train epochs up to ``stop_epoch`` (checkpointing each); returns the last epoch's metrics."""
+        cfg = self.cfg
+        row: dict[str, Any] = {}
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        while self.epoch < min(stop_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            row = {"epoch": self.epoch + 1, **self.train_epoch(), **self.evaluate_splits()}
+            self.epoch += 1
+            self.elapsed += time.perf_counter() - t0
+            row["elapsed_s"] = self.elapsed
+            key = "val_acc" if "val_acc" in row else "test_acc"
+            if key in row and row[key] >= self.best.get(key, -1.0):
+                self.best = {key: row[key], "epoch": self.epoch}
+            if self.rank == 0:
+                with open(self.run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                self.save()
+                if self.progress:
+                    shown = "  ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
+                    tqdm.write(f"epoch {self.epoch}/{cfg.epochs}  {shown}")
+        return {"stopped_at_epoch": self.epoch, **row}
+
+    def finish(self) -> dict[str, Any]:
+        model = getattr(self.model, "module", self.model)
+        if self.model_config.norm == "bn" and self.cfg.bn_recompute:
+            recompute_bn_statistics(model, self.train_images, self.cfg.eval_batch_size, self.device)
+        final = {"epochs": self.epoch, **self.evaluate_splits(), "best": self.best,
+                 "elapsed_s": self.elapsed, "config_hash": self.cfg.hash()}
+        if self.rank == 0:
+            self.save(finished=True)
+            tmp = self.run_dir / "results.json.tmp"
+            tmp.write_text(json.dumps(final, indent=2) + "\n")
+            os.replace(tmp, self.run_dir / "results.json")
+        return final
+
+
+def _truncate_metrics(path: Path, epochs: int) -> None:
+    """Drop metric lines past the checkpoint's epoch (written by a run killed after its last save)."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= epochs]
+    path.write_text("".join(ln + "\n" for ln in kept))
+
+
+def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
+          stop_after: int | None = None) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir`` (or continue it with ``resume=True``); returns final metrics.
+
+    ``stop_after`` ends the process after that epoch, resumably, with the schedule of the full run.
+    """
+    trainer = Trainer(cfg, run_dir, progress)
+    if resume:
+        trainer.resume()
+        if progress:
+            print(f"resuming {run_dir} at epoch {trainer.epoch}/{cfg.epochs}")
+    elif trainer.checkpoint_path.exists():
+        raise OnebitError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick "
+                          f"another --run-dir")
+    if stop_after is not None and stop_after < cfg.epochs:
+        return trainer.fit_until(stop_after)
+    return trainer.fit()
