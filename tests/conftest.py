@@ -1,0 +1,82 @@
+"""Shared fixtures: where the read-only shared data lives, and small generated datasets."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_root() -> Path:
+    """``$ONEBIT_SHARED`` if set, else the ``shared`` folder beside the repository."""
+    return Path(os.environ.get("ONEBIT_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    root = shared_root()
+    if not root.is_dir():
+        pytest.skip(f"shared data folder {root} not found (set ONEBIT_SHARED)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir(shared_dir: Path) -> Path:
+    """The folder that holds ``cifar-10-batches-py`` (pass it as data_dir / --data-dir)."""
+    root = shared_dir / "data" / "cifar10"
+    if not (root / "cifar-10-batches-py" / "test_batch").is_file():
+        pytest.skip(f"CIFAR-10 not found under {root}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def reference_models_dir(shared_dir: Path) -> Path:
+    root = shared_dir / "reference-models"
+    if not root.is_dir():
+        pytest.skip(f"reference models not found under {root}")
+    return root
+
+
+def write_cifar_batch(path: Path, images: np.ndarray, labels: list[int], label_key: str = "labels",
+                      extra: dict | None = None) -> None:
+    """Write one batch file in the official python format (protocol-2 pickle of a dict)."""
+    batch = {"data": images.reshape(len(images), -1).astype(np.uint8), label_key: list(labels)}
+    batch.update(extra or {})
+    path.write_bytes(pickle.dumps(batch, protocol=2))
+
+
+@pytest.fixture
+def tiny_cifar10(tmp_path: Path) -> Path:
+    """A generated CIFAR-10 folder: 5 x 40 training images, 50 test images, random pixels."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for i in range(1, 6):
+        write_cifar_batch(folder / f"data_batch_{i}", rng.integers(0, 256, (40, 3, 32, 32)),
+                          rng.integers(0, 10, 40).tolist())
+    write_cifar_batch(folder / "test_batch", rng.integers(0, 256, (50, 3, 32, 32)),
+                      rng.integers(0, 10, 50).tolist())
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]},
+                                                       protocol=2))
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_cifar100(tmp_path: Path) -> Path:
+    """A generated CIFAR-100 folder (train 60 images, test 30) with fine and coarse labels."""
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for name, n in (("train", 60), ("test", 30)):
+        fine = rng.integers(0, 100, n).tolist()
+        write_cifar_batch(folder / name, rng.integers(0, 256, (n, 3, 32, 32)), fine, "fine_labels",
+                          {"coarse_labels": [f // 5 for f in fine]})
+    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"f{i}" for i in range(100)],
+                                                "coarse_label_names": [f"g{i}" for i in range(20)]},
+                                               protocol=2))
+    return tmp_path
