@@ -21,6 +21,7 @@ from torch import nn
 from onebit.nn import BinaryConv2d, ShiftedReLU
 
 NORMS = ("bn", "none")
+HEAD_POOLS = ("mean", "sum")      # "sum": the MatConvNet reference models' head (64x the mean on 8x8 maps)
 
 
 def default_temperature(num_classes: int, weight_bits: int) -> float:
@@ -44,6 +45,7 @@ class WRNConfig:
     in_channels: int = 3
     pad_mode: str = "symmetric"
     stem_relu: bool = False
+    head_pool: str = "mean"
 
     def __post_init__(self) -> None:
         if self.depth < 8 or (self.depth - 2) % 6 != 0:
@@ -56,6 +58,8 @@ class WRNConfig:
             raise ValueError(f"weight_bits must be 1 or 32, got {self.weight_bits}")
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
+        if self.head_pool not in HEAD_POOLS:
+            raise ValueError(f"head_pool must be one of {HEAD_POOLS}, got {self.head_pool!r}")
         if self.temperature is None and self.norm == "none":
             self.temperature = default_temperature(self.num_classes, self.weight_bits)
         if self.temperature is not None and not self.temperature > 0:
@@ -170,7 +174,7 @@ class WideResNet(nn.Module):
             x = self.head_bn(x)
         else:
             x = x * self.inv_temperature
-        return x.mean(dim=(2, 3))
+        return x.sum(dim=(2, 3)) if self.config.head_pool == "sum" else x.mean(dim=(2, 3))
 
     def conv_layers(self) -> list[tuple[str, BinaryConv2d]]:
         """All convolutions in forward order, with their qualified names."""
