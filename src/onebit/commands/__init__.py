@@ -8,4 +8,5 @@ COMMAND_MODULES = [
     "onebit.commands.train",
     "onebit.commands.evaluate",
     "onebit.commands.presets",
+    "onebit.commands.import_reference",
 ]
