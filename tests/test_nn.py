@@ -1,0 +1,58 @@
+import math
+
+import pytest
+import torch
+
+from onebit.nn import BinaryConv2d, ShiftedReLU, he_scale, sign_ste
+
+
+def test_sign_ste_value_is_scaled_sign_with_sign_zero_positive():
+    w = torch.tensor([-2.0, -0.0, 0.0, 1e-9, 3.0])
+    out = sign_ste(w, 0.5)
+    assert out.tolist() == [-0.5, 0.5, 0.5, 0.5, 0.5]
+
+
+def test_sign_ste_gradient_is_identity_unscaled_unclipped():
+    w = torch.tensor([-5.0, -0.3, 0.0, 0.7, 9.0], requires_grad=True)
+    upstream = torch.tensor([1.0, -2.0, 3.0, -4.0, 5.0])
+    (sign_ste(w, 0.25) * upstream).sum().backward()
+    assert torch.equal(w.grad, upstream)  # no factor c, no clipping of |w| > 1
+
+
+def test_binary_conv_uses_c_times_sign_and_passes_gradient_straight_through():
+    torch.manual_seed(0)
+    conv = BinaryConv2d(4, 6, 3, weight_bits=1)
+    c = math.sqrt(2 / (3 * 3 * 4))
+    assert conv.scale == pytest.approx(c) == pytest.approx(he_scale(3, 3, 4))
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    expected_w = torch.where(conv.weight >= 0, c, -c).detach()
+    out = conv(x)
+    reference = torch.nn.functional.conv2d(x, expected_w, padding=1)
+    assert torch.allclose(out, reference, atol=1e-6)
+    # gradient w.r.t. latent w equals gradient w.r.t. the effective weight
+    w_eff = expected_w.clone().requires_grad_(True)
+    torch.nn.functional.conv2d(x.detach(), w_eff, padding=1).square().sum().backward()
+    conv(x.detach()).square().sum().backward()
+    assert torch.allclose(conv.weight.grad, w_eff.grad, atol=1e-5)
+
+
+def test_full_precision_conv_uses_latent_weight():
+    conv = BinaryConv2d(3, 5, 3, weight_bits=32)
+    x = torch.randn(1, 3, 6, 6)
+    assert torch.allclose(conv(x), torch.nn.functional.conv2d(x, conv.weight, padding=1))
+
+
+def test_he_normal_init_std():
+    torch.manual_seed(0)
+    conv = BinaryConv2d(64, 64, 3)
+    assert conv.weight.std().item() == pytest.approx(he_scale(3, 3, 64), rel=0.02)
+
+
+def test_invalid_weight_bits():
+    with pytest.raises(ValueError, match="weight_bits"):
+        BinaryConv2d(3, 3, 3, weight_bits=2)
+
+
+def test_shifted_relu():
+    x = torch.tensor([-3.0, -1.0, -0.5, 0.0, 2.0])
+    assert ShiftedReLU()(x).tolist() == [-1.0, -1.0, -0.5, 0.0, 2.0]
