@@ -1,0 +1,84 @@
+import torch
+
+from onebit.data.augment import Augmentation, random_cutout, random_flip, random_translate
+from onebit.data.batches import epoch_batches
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def images(n=64):
+    return torch.randint(0, 256, (n, 3, 32, 32), generator=gen(123), dtype=torch.uint8)
+
+
+def find_shift(src, dst, s=4):
+    """The (dy, dx) such that dst's interior equals src shifted by it."""
+    for dy in range(-s, s + 1):
+        for dx in range(-s, s + 1):
+            a = dst[:, s:32 - s, s:32 - s]
+            b = src[:, s - dy:32 - s - dy, s - dx:32 - s - dx]
+            if torch.equal(a, b):
+                return dy, dx
+    return None
+
+
+def test_translate_shifts_content_and_fills_border_with_noise():
+    x = images()
+    y = random_translate(x, 4, gen())
+    shifts = [find_shift(x[i], y[i]) for i in range(len(x))]
+    assert all(s is not None for s in shifts)
+    assert len(set(shifts)) > 10  # shifts vary per image
+    assert {s[0] for s in shifts} <= set(range(-4, 5))
+    # exposed border is noise, not zeros or replicated edge
+    i = next(k for k, s in enumerate(shifts) if s[0] == 4)
+    assert y[i, :, :4].float().std() > 50
+
+
+def test_translate_zero_is_identity():
+    x = images(4)
+    assert torch.equal(random_translate(x, 0, gen()), x)
+
+
+def test_flip_mirrors_about_half():
+    x = images(400)
+    y = random_flip(x, gen())
+    flipped = torch.tensor([torch.equal(y[i], x[i].flip(2)) for i in range(len(x))])
+    kept = torch.tensor([torch.equal(y[i], x[i]) for i in range(len(x))])
+    assert bool((flipped | kept).all())
+    assert 150 < int(flipped.sum()) < 250
+
+
+def test_cutout_replaces_one_square_patch_that_may_hang_over_the_edge():
+    x = torch.zeros(500, 3, 32, 32, dtype=torch.uint8)  # noise is almost never 0 in a whole pixel
+    y = random_cutout(x, 18, gen())
+    changed = (y != 0).any(1)  # (N, H, W)
+    areas = changed.sum((1, 2))
+    assert int(areas.max()) <= 18 * 18
+    assert int(areas.min()) < 18 * 18 // 2 and int(areas.max()) > 18 * 18 * 0.9  # clipped at edges sometimes
+    for k in range(20):
+        rows, cols = changed[k].any(1).nonzero(), changed[k].any(0).nonzero()
+        assert rows.numel() <= 18 and cols.numel() <= 18
+        assert rows.max() - rows.min() + 1 == rows.numel()  # one contiguous block
+
+
+def test_epoch_batches_are_deterministic_per_seed_and_epoch():
+    x = images(300)
+    labels = torch.arange(300)
+    aug = Augmentation()
+    a = list(epoch_batches(x, labels, 125, seed=3, epoch=5, augment=aug))
+    b = list(epoch_batches(x, labels, 125, seed=3, epoch=5, augment=aug))
+    c = list(epoch_batches(x, labels, 125, seed=3, epoch=6, augment=aug))
+    assert len(a) == 2  # the remainder of 50 is dropped
+    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b))
+    assert not torch.equal(a[0][1], c[0][1])
+    assert len(set(torch.cat([y for _, y in a]).tolist())) == 250  # no image twice in an epoch
+
+
+def test_ranks_split_the_global_batch():
+    x, labels = images(250), torch.arange(250)
+    whole = list(epoch_batches(x, labels, 125, 0, 0, Augmentation()))
+    parts = [list(epoch_batches(x, labels, 125, 0, 0, Augmentation(), rank=r, world_size=2)) for r in (0, 1)]
+    for step, (xb, yb) in enumerate(whole):
+        assert torch.equal(torch.cat([parts[0][step][0], parts[1][step][0]]), xb)
+        assert torch.equal(torch.cat([parts[0][step][1], parts[1][step][1]]), yb)
