@@ -33,6 +33,8 @@ def load_model_file(path: str | Path) -> tuple[WideResNet, dict[str, Any]]:
                                     "train_config": ckpt.train_config}
     if fmt == PACKED_FORMAT:
         model, metadata = load_packed(path)
-        return model, {"kind": "packed", "path": str(path), **metadata}
+        train_config = metadata["extra"].get("train_config")
+        return model, {"kind": "packed", "path": str(path), **metadata,
+                       "train_config": train_config if isinstance(train_config, dict) else {}}
     raise CheckpointError(f"{path}: unknown model file format {fmt!r} (expected a onebit checkpoint "
                           f"or a packed .onebit model)")

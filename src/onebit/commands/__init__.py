@@ -9,4 +9,6 @@ COMMAND_MODULES = [
     "onebit.commands.evaluate",
     "onebit.commands.presets",
     "onebit.commands.import_reference",
+    "onebit.commands.export",
+    "onebit.commands.summary",
 ]
