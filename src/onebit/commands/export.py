@@ -18,12 +18,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "packed: safetensors with 1 bit per binarized weight (8 per byte) and the architecture "
                     "in its metadata; `onebit eval` reads it. onnx: a standard ONNX graph (opset 18) with "
                     "weights baked in as c*sign(w), input float32 NCHW raw pixels 0..255. c: a C runtime "
-                    "(source folder).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "(source folder).")
     p.add_argument("model", metavar="MODEL", help="checkpoint file, run directory or .onebit file")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file (packed, onnx) or folder (c)")
-    p.add_argument("--format", choices=FORMATS, default="packed", help="what to write")
+    p.add_argument("--format", choices=FORMATS, default="packed", help="what to write (default: packed)")
+    c = p.add_argument_group("C runtime (--format c)")
+    c.add_argument("--calibrate", type=int, default=0, metavar="N",
+                   help="also build the integer mode, with scales calibrated on N training images "
+                        "(0: float mode only)")
+    c.add_argument("--dataset", default=None, help="calibration dataset, cifar10 or cifar100 "
+                                                   "(default: from the model)")
+    c.add_argument("--data-dir", default=None, help="dataset folder (default: $ONEBIT_DATA or cache)")
     p.set_defaults(func=run)
 
 
@@ -58,6 +64,17 @@ def run(args: argparse.Namespace) -> int:
             raise OnebitError("the C export (onebit.export.c_runtime) is not available in this installation")
         from onebit.export.c_runtime import export_c
 
-        export_c(model, out)
-        print(f"wrote C sources for {model.config.name} to {out}")
+        calibration = None
+        if args.calibrate > 0:
+            from onebit.data.cifar import load_cifar
+
+            train_cfg = info.get("train_config") or {}
+            dataset = args.dataset or train_cfg.get("dataset") or (
+                "cifar100" if model.config.num_classes == 100 else "cifar10")
+            calibration = load_cifar(dataset, args.data_dir or train_cfg.get("data_dir"),
+                                     train=True).images[:args.calibrate]
+        export_c(model, out, calibration_images=calibration,
+                 **({"calibration_count": args.calibrate} if calibration is not None else {}))
+        mode = "float and integer modes" if calibration is not None else "float mode"
+        print(f"wrote the C runtime for {model.config.name} ({mode}) to {out}")
     return 0
