@@ -1,0 +1,33 @@
+import math
+
+import pytest
+
+from onebit.train.schedules import learning_rate, restart_cycles
+
+
+def test_paper_restart_cycles():
+    assert restart_cycles(254) == [2, 4, 8, 16, 32, 64, 128]
+    assert restart_cycles(62) == [2, 4, 8, 16, 32]
+    assert restart_cycles(10) == [2, 4, 4]  # last cycle cut short
+
+
+def test_cosine_runs_once_from_max_to_min_per_iteration():
+    lrs = [learning_rate(s, 400, 300, "cosine", 0.1, 1e-5) for s in range(300 * 400)]
+    assert lrs[0] == pytest.approx(0.1)
+    assert lrs[-1] == pytest.approx(1e-5, abs=1e-8)
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert lrs[150 * 400] == pytest.approx((0.1 + 1e-5) / 2)
+
+
+def test_warm_restarts_restart_at_max():
+    spe = 10
+    lr = [learning_rate(s, spe, 14, "restarts", 0.1, 0.0) for s in range(14 * spe)]
+    assert lr[0] == lr[2 * spe] == lr[6 * spe] == pytest.approx(0.1)
+    assert lr[2 * spe - 1] < 0.001 and lr[6 * spe - 1] < 0.001
+    assert lr[spe] == pytest.approx(0.05)  # middle of the 2-epoch cycle
+    assert lr[2 * spe + 2 * spe] == pytest.approx(0.05)  # middle of the 4-epoch cycle
+
+
+def test_unknown_schedule():
+    with pytest.raises(ValueError):
+        learning_rate(0, 1, 1, "step", 0.1, 0.0)

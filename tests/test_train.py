@@ -1,0 +1,157 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from onebit.errors import ConfigError, TrainingDiverged
+from onebit.loading import load_model_file
+from onebit.models import WRNConfig, build_model
+from onebit.train.checkpoint import load_checkpoint
+from onebit.train.config import TrainConfig
+from onebit.train.loop import Trainer, make_optimizer, recompute_bn_statistics, train
+
+
+def tiny(data_dir, **kw):
+    base = dict(data_dir=str(data_dir), depth=8, width=1, epochs=2, batch_size=50, seed=1, num_threads=2)
+    return TrainConfig(**{**base, **kw})
+
+
+def weights(run_dir):
+    return load_checkpoint(run_dir).model_state
+
+
+@pytest.mark.parametrize("norm", ["none", "bn"])
+def test_resumed_run_ends_with_identical_weights(tiny_cifar10, tmp_path, norm):
+    cfg = tiny(tiny_cifar10, norm=norm, schedule="restarts" if norm == "bn" else "cosine")
+    train(cfg, tmp_path / "straight", progress=False)
+    stopped = train(cfg, tmp_path / "split", progress=False, stop_after=1)
+    assert stopped["stopped_at_epoch"] == 1
+    assert load_checkpoint(tmp_path / "split").state["epoch"] == 1
+    train(cfg, tmp_path / "split", resume=True, progress=False)
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "split")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert load_checkpoint(tmp_path / "split").state["finished"]
+
+
+def test_run_directory_contents(tiny_cifar10, tmp_path):
+    result = train(tiny(tiny_cifar10, epochs=1, val_size=40), tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert json.loads((run / "config.json").read_text())["val_size"] == 40
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"train_loss", "train_acc", "lr", "images_per_s", "val_acc", "test_acc", "test_top5"} <= set(row)
+    assert json.loads((run / "results.json").read_text())["test_acc"] == result["test_acc"]
+
+
+def test_existing_run_is_not_overwritten(tiny_cifar10, tmp_path):
+    train(tiny(tiny_cifar10, epochs=1), tmp_path / "run", progress=False)
+    before = (tmp_path / "run" / "checkpoint.safetensors").read_bytes()
+    with pytest.raises(Exception, match="--resume"):
+        train(tiny(tiny_cifar10, epochs=1), tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny_cifar10, tmp_path):
+    cfg = tiny(tiny_cifar10, weight_bits=32)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    trainer.fit_until(1)
+    good = {k: v.clone() for k, v in weights(tmp_path / "run").items()}
+    trainer.cfg = cfg.replace(lr=1e30, lr_min=0.0)
+    with pytest.raises(TrainingDiverged, match="epoch 2.*last good checkpoint \\(epoch 1\\)"):
+        trainer.fit_until(2)
+    kept = load_checkpoint(tmp_path / "run")
+    assert kept.state["epoch"] == 1
+    assert all(torch.equal(good[k], kept.model_state[k]) for k in good)
+
+
+def test_weight_decay_only_on_conv_weights():
+    model = build_model(WRNConfig(depth=8, width=1))
+    opt = make_optimizer(model, tiny(".", epochs=1))
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {id(c.weight) for _, c in model.conv_layers()}
+    assert opt.defaults["momentum"] == 0.9 and not opt.defaults["nesterov"]
+
+
+def test_bn_statistics_recomputed_exactly_over_the_training_set():
+    model = build_model(WRNConfig(depth=8, width=1, norm="bn"))
+    images = torch.randint(0, 256, (90, 3, 32, 32), dtype=torch.uint8)
+    recompute_bn_statistics(model, images, 30, torch.device("cpu"))
+    expected = images.float().mean((0, 2, 3))
+    assert torch.allclose(model.input_bn.running_mean, expected, rtol=1e-5)
+    assert not model.training
+
+
+def test_impossible_configurations():
+    with pytest.raises(ConfigError, match="6n\\+2"):
+        TrainConfig(depth=9)
+    with pytest.raises(ConfigError, match="schedule"):
+        TrainConfig(schedule="linear")
+    with pytest.raises(ConfigError, match="unknown training options"):
+        TrainConfig.from_dict({"depht": 20})
+
+
+def run_cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "onebit", *args], capture_output=True, text=True,
+                          timeout=300, **kw)
+
+
+def test_cli_nan_loss_exits_nonzero_with_one_line(tiny_cifar10, tmp_path):
+    proc = run_cli("train", "--data-dir", str(tiny_cifar10), "--depth", "8", "--width", "1", "--epochs", "2",
+                   "--batch-size", "50", "--weight-bits", "32", "--lr", "1e30", "--lr-min", "0",
+                   "--run-dir", str(tmp_path / "run"), "--no-progress")
+    assert proc.returncode == 3
+    assert proc.stderr.strip().splitlines()[-1].startswith("onebit train: error: training loss became")
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_cli_train_then_eval(tiny_cifar10, tmp_path):
+    proc = run_cli("train", "--preset", "cifar10-tiny", "--data-dir", str(tiny_cifar10), "--epochs", "1",
+                   "--train-limit", "0", "--batch-size", "50", "--run-dir", str(tmp_path / "run"),
+                   "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("eval", str(tmp_path / "run"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["count"] == 50 and len(result["per_class"]) == 10
+    model, _ = load_model_file(tmp_path / "run")
+    assert model.config.depth == 8
+    proc = run_cli("eval", str(tmp_path / "run"))
+    assert "top-1 accuracy" in proc.stdout and "c9" in proc.stdout
+
+
+def test_cli_resume_refuses_changed_options(tiny_cifar10, tmp_path):
+    assert run_cli("train", "--data-dir", str(tiny_cifar10), "--depth", "8", "--width", "1", "--epochs", "2",
+                   "--batch-size", "50", "--stop-after", "1", "--run-dir", str(tmp_path / "r"),
+                   "--no-progress").returncode == 0
+    proc = run_cli("train", "--resume", str(tmp_path / "r"), "--width", "2")
+    assert proc.returncode == 1 and "cannot change width" in proc.stderr
+
+
+def test_cli_impossible_config_and_unknown_preset():
+    proc = run_cli("train", "--depth", "9")
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        "onebit train: error: WRN depth must be 6n+2 with n >= 1 (8, 14, 20, 26, ...), got 9")
+    proc = run_cli("train", "--preset", "nope")
+    assert proc.returncode == 1 and "unknown preset 'nope'" in proc.stderr
+
+
+def test_cli_presets_lists_the_paper_table():
+    proc = run_cli("presets")
+    names = [line.split()[0] for line in proc.stdout.splitlines()]
+    assert len([n for n in names if "wrn20-10" in n]) == 8
+    proc = run_cli("presets", "cifar100-wrn20-10-srelu-1bit")
+    cfg = json.loads(proc.stdout)
+    assert cfg["temperature"] == 25 and cfg["epochs"] == 300 and cfg["norm"] == "none"
+
+
+@pytest.mark.slow
+def test_learns_real_cifar10_well_above_chance(cifar10_dir, tmp_path):
+    cfg = TrainConfig(data_dir=str(cifar10_dir), depth=8, width=2, epochs=2, train_limit=10000, cutout=0,
+                      seed=0)
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result["test_acc"] > 0.25, result  # chance is 0.10; one SE on 1000 images is ~1.5 points
