@@ -1,0 +1,148 @@
+"""Training throughput on this machine: the full step vs its parts vs the machine's fp32 matmul rate.
+
+Measures, in one run and on one device:
+  * fp32 matmul GFLOP/s (square n x n, all cores)                              -- the machine baseline
+  * augmentation + batching alone (epoch_batches over the on-device dataset)   -- its share of the step
+  * bare forward + backward + SGD step on one fixed batch                      -- the model's own cost
+  * the full training step (batching, augmentation, forward, backward, step)   -- what training gets
+Achieved GFLOP/s = 3 x forward conv FLOPs per image x images/s (forward + 2 x backward).
+
+    python bench/train_throughput.py                      # WRN-16-4, 1-bit, BN-free, batch 125
+    python bench/train_throughput.py --depth 8 --width 1 --steps 5   # quick smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+from onebit.data.augment import Augmentation
+from onebit.data.batches import epoch_batches
+from onebit.models import WRNConfig, build_model
+from onebit.nn import BinaryConv2d
+from onebit.train.config import TrainConfig
+from onebit.train.loop import make_optimizer
+
+
+def forward_conv_flops(model: torch.nn.Module, image_shape=(3, 32, 32)) -> int:
+    """2 x multiply-accumulates of every convolution for one image."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        kh, kw = module.kernel_size
+        total += 2 * output[0].numel() * module.in_channels * kh * kw
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, BinaryConv2d)]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, *image_shape))
+    for h in handles:
+        h.remove()
+    model.train()
+    return total
+
+
+def matmul_gflops(n: int = 2048, seconds: float = 2.0) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        reps += 1
+    return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def time_steps(step, n: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(n):
+        step()
+    return (time.perf_counter() - start) / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--depth", type=int, default=16)
+    ap.add_argument("--width", type=int, default=4)
+    ap.add_argument("--norm", default="none", choices=("none", "bn"))
+    ap.add_argument("--weight-bits", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=125)
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    torch.manual_seed(0)
+    cfg = WRNConfig(depth=args.depth, width=args.width, norm=args.norm, weight_bits=args.weight_bits)
+    model = build_model(cfg)
+    optimizer = make_optimizer(model, TrainConfig(depth=args.depth, width=args.width, norm=args.norm,
+                                                  weight_bits=args.weight_bits))
+    flops_per_image = 3 * forward_conv_flops(model)
+    b = args.batch_size
+    # a synthetic dataset the size of CIFAR-10's training set, kept as one uint8 tensor
+    images = torch.randint(0, 256, (50_000, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (50_000,))
+    augment = Augmentation()
+
+    def train_step(x, y):
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    fixed_x, fixed_y = images[:b].float(), labels[:b]
+    stream = iter(())
+
+    def next_batch():
+        nonlocal stream
+        try:
+            return next(stream)
+        except StopIteration:
+            stream = epoch_batches(images, labels, b, seed=0, epoch=int(time.time()), augment=augment)
+            return next(stream)
+
+    matmul = matmul_gflops()
+    t_batch = time_steps(next_batch, args.steps * 5)
+    t_bare = time_steps(lambda: train_step(fixed_x, fixed_y), args.steps)
+    t_full = time_steps(lambda: train_step(*next_batch()), args.steps)
+    matmul_after = matmul_gflops()
+
+    def rate(t):
+        return b / t, flops_per_image * b / t / 1e9
+
+    results = {
+        "model": cfg.name, "batch_size": b, "threads": torch.get_num_threads(),
+        "device": "cpu", "forward_conv_gflop_per_image": flops_per_image / 3 / 1e9,
+        "matmul_gflops": (matmul + matmul_after) / 2, "matmul_gflops_before_after": [matmul, matmul_after],
+        "batching_augmentation_ms": t_batch * 1e3,
+        "bare_step_ms": t_bare * 1e3, "bare_images_per_s": rate(t_bare)[0], "bare_gflops": rate(t_bare)[1],
+        "full_step_ms": t_full * 1e3, "full_images_per_s": rate(t_full)[0], "full_gflops": rate(t_full)[1],
+    }
+    results["full_vs_matmul"] = results["full_gflops"] / results["matmul_gflops"]
+    results["batching_share_of_full_step"] = t_batch / t_full
+    print(f"model {cfg.name}, batch {b}, {results['threads']} threads, "
+          f"{results['forward_conv_gflop_per_image']:.3f} forward conv GFLOP/image")
+    print(f"baseline  fp32 matmul (2048^2)          {results['matmul_gflops']:8.1f} GFLOP/s "
+          f"(before {matmul:.1f}, after {matmul_after:.1f})")
+    print(f"part      batching + augmentation       {t_batch * 1e3:8.2f} ms/batch")
+    print(f"part      bare fwd+bwd+step (fixed)     {t_bare * 1e3:8.2f} ms/step  {rate(t_bare)[0]:7.1f} img/s "
+          f"{rate(t_bare)[1]:7.1f} GFLOP/s")
+    print(f"subject   full training step            {t_full * 1e3:8.2f} ms/step  {rate(t_full)[0]:7.1f} img/s "
+          f"{rate(t_full)[1]:7.1f} GFLOP/s")
+    print(f"ratio     full step / matmul rate       {results['full_vs_matmul']:8.1%}   (target >= 70%)")
+    print(f"ratio     batching share of full step   {results['batching_share_of_full_step']:8.1%}   "
+          f"(target <= 5%)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
