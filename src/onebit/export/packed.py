@@ -15,7 +15,8 @@ Format ``onebit-packed``, version ``1``. A safetensors file whose tensors are:
   models, and the first and last convs when ``binarize_first_last`` is false).
 * The state-dict entries of the BN layers as float32: the stem's learned input BN (``input_bn.weight``,
   ``.bias``, ``.running_mean``, ``.running_var``) and, in BN networks only, every BN's ``running_mean``
-  and ``running_var``. (``num_batches_tracked`` is not stored.)
+  and ``running_var`` (plus ``weight`` and ``bias`` where a BN learns them). ``num_batches_tracked`` is
+  not stored. Tensor names are the model's state-dict names, e.g. ``blocks.3.act1.0.running_var``.
 
 Metadata (strings): ``format``, ``version``, ``model_config`` (JSON of WRNConfig: depth, width, norm,
 temperature, pad mode, ...), ``extra`` (JSON object: free information such as the source checkpoint) and

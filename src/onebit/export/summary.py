@@ -152,11 +152,13 @@ def format_summary(s: ModelSummary) -> str:
     left = {0, 1}
 
     def line(row: tuple[str, ...]) -> str:
-        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+        cells = (c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        return "  ".join(cells).rstrip()
 
     rule = "-" * len(line(header))
     cfg = s.config
-    design = "BN + ReLU (ICLR 2018)" if cfg.norm == "bn" else f"shifted ReLU, no BN, T = {cfg.temperature:g} (2019)"
+    design = ("BN + ReLU (ICLR 2018)" if cfg.norm == "bn"
+              else f"shifted ReLU, no BN, T = {cfg.temperature:g} (2019)")
     edge = "" if cfg.binarize_first_last or cfg.weight_bits == 32 else ", first and last conv 32-bit"
     out = [f"{s.name}: WRN-{cfg.depth}-{cfg.width}, {cfg.weight_bits}-bit weights{edge}, {design}, "
            f"{cfg.num_classes} classes, input {'x'.join(map(str, s.input_shape))}",
