@@ -1,0 +1,128 @@
+/* onebit C runtime: AVX-512 convolution kernels (same results as ob_kernels_portable.h).
+ *
+ * Float: 8 pixels x 32 output channels (16 zmm accumulators). The 32 sign bits of one tap are two
+ * 16-bit lane masks; a masked blend turns each into sixteen +-1.0f, and acc = fma(x, +-1, acc) =
+ * acc + (+-x) exactly, one term at a time in the portable kernel's order.
+ * Integer: the sign bits of two consecutive input channels are interleaved into a 32-lane mask of +-1
+ * int16 pairs, multiplied with pairs of int16 inputs and summed into int32 (vpdpwssd with AVX512-VNNI,
+ * else vpmaddwd + vpaddd).
+ */
+#include <immintrin.h>
+
+#define OB_MR 8
+#define OB_KERNEL_NAME "avx512"
+
+static void ob_kf(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
+                  int mr, float *acc)
+{
+    const __m512 pos = _mm512_set1_ps(1.0f), neg = _mm512_set1_ps(-1.0f);
+    __m512 a00 = _mm512_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00;
+    __m512 a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00, a60 = a00, a61 = a00;
+    __m512 a70 = a00, a71 = a00;
+    ptrdiff_t o[OB_MR];
+    int ky, kx, ci, p;
+    for (p = 0; p < OB_MR; p++) o[p] = (p < mr ? p : mr - 1) * pix;
+    for (ky = 0; ky < k; ky++) {
+        for (kx = 0; kx < k; kx++) {
+            const float *b = x + ky * row + (ptrdiff_t)kx * cin;
+            const float *b0 = b + o[0], *b1 = b + o[1], *b2 = b + o[2], *b3 = b + o[3];
+            const float *b4 = b + o[4], *b5 = b + o[5], *b6 = b + o[6], *b7 = b + o[7];
+            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * 4;
+            for (ci = 0; ci < cin; ci++) {
+                uint32_t m;
+                __m512 w0, w1, v;
+                memcpy(&m, wr + 4 * ci, 4);
+                w0 = _mm512_mask_blend_ps((__mmask16)(m & 0xFFFFu), neg, pos);
+                w1 = _mm512_mask_blend_ps((__mmask16)(m >> 16), neg, pos);
+#define OB_STEP(bp, A0, A1) v = _mm512_set1_ps((bp)[ci]); A0 = _mm512_fmadd_ps(v, w0, A0); A1 = _mm512_fmadd_ps(v, w1, A1);
+                OB_STEP(b0, a00, a01) OB_STEP(b1, a10, a11) OB_STEP(b2, a20, a21) OB_STEP(b3, a30, a31)
+                OB_STEP(b4, a40, a41) OB_STEP(b5, a50, a51) OB_STEP(b6, a60, a61) OB_STEP(b7, a70, a71)
+#undef OB_STEP
+            }
+        }
+    }
+    {
+        float tmp[OB_MR][OB_NCO];
+        _mm512_storeu_ps(tmp[0], a00); _mm512_storeu_ps(tmp[0] + 16, a01);
+        _mm512_storeu_ps(tmp[1], a10); _mm512_storeu_ps(tmp[1] + 16, a11);
+        _mm512_storeu_ps(tmp[2], a20); _mm512_storeu_ps(tmp[2] + 16, a21);
+        _mm512_storeu_ps(tmp[3], a30); _mm512_storeu_ps(tmp[3] + 16, a31);
+        _mm512_storeu_ps(tmp[4], a40); _mm512_storeu_ps(tmp[4] + 16, a41);
+        _mm512_storeu_ps(tmp[5], a50); _mm512_storeu_ps(tmp[5] + 16, a51);
+        _mm512_storeu_ps(tmp[6], a60); _mm512_storeu_ps(tmp[6] + 16, a61);
+        _mm512_storeu_ps(tmp[7], a70); _mm512_storeu_ps(tmp[7] + 16, a71);
+        memcpy(acc, tmp, (size_t)mr * sizeof tmp[0]);
+    }
+}
+
+/* 32-bit mask whose bit 2j is bit j of a and bit 2j+1 is bit j of b (16-bit a, b) */
+#if defined(__BMI2__)
+static uint32_t ob_interleave(uint32_t a, uint32_t b)
+{
+    return _pdep_u32(a, 0x55555555u) | _pdep_u32(b, 0xAAAAAAAAu);
+}
+#else
+#define OB_SP(v) ((((v) & 1u)) | (((v) & 2u) << 1) | (((v) & 4u) << 2) | (((v) & 8u) << 3) | \
+                  (((v) & 16u) << 4) | (((v) & 32u) << 5) | (((v) & 64u) << 6) | (((v) & 128u) << 7))
+#define OB_SP4(b) OB_SP(b), OB_SP((b) + 1), OB_SP((b) + 2), OB_SP((b) + 3)
+#define OB_SP16(b) OB_SP4(b), OB_SP4((b) + 4), OB_SP4((b) + 8), OB_SP4((b) + 12)
+#define OB_SP64(b) OB_SP16(b), OB_SP16((b) + 16), OB_SP16((b) + 32), OB_SP16((b) + 48)
+static const uint16_t ob_spread[256] = {OB_SP64(0u), OB_SP64(64u), OB_SP64(128u), OB_SP64(192u)};
+static uint32_t ob_interleave(uint32_t a, uint32_t b)
+{
+    const uint32_t sa = ob_spread[a & 255u] | ((uint32_t)ob_spread[(a >> 8) & 255u] << 16);
+    const uint32_t sb = ob_spread[b & 255u] | ((uint32_t)ob_spread[(b >> 8) & 255u] << 16);
+    return sa | (sb << 1);
+}
+#endif
+
+#if defined(__AVX512VNNI__)
+#define OB_DP(A, V, W) A = _mm512_dpwssd_epi32(A, V, W)
+#else
+#define OB_DP(A, V, W) A = _mm512_add_epi32(A, _mm512_madd_epi16(V, W))
+#endif
+
+static void ob_ki(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
+                  int mr, int32_t *acc)
+{
+    const __m512i pos = _mm512_set1_epi16(1), neg = _mm512_set1_epi16(-1);
+    __m512i a00 = _mm512_setzero_si512(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00;
+    __m512i a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00, a60 = a00, a61 = a00;
+    __m512i a70 = a00, a71 = a00;
+    ptrdiff_t o[OB_MR];
+    int ky, kx, ci, p;
+    for (p = 0; p < OB_MR; p++) o[p] = (p < mr ? p : mr - 1) * pix;
+    for (ky = 0; ky < k; ky++) {
+        for (kx = 0; kx < k; kx++) {
+            const int16_t *b = x + ky * row + (ptrdiff_t)kx * cin;
+            const int16_t *b0 = b + o[0], *b1 = b + o[1], *b2 = b + o[2], *b3 = b + o[3];
+            const int16_t *b4 = b + o[4], *b5 = b + o[5], *b6 = b + o[6], *b7 = b + o[7];
+            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * 4;
+            for (ci = 0; ci < cin; ci += 2) {
+                uint32_t m0, m1;
+                int32_t pr;
+                __m512i w0, w1, v;
+                memcpy(&m0, wr + 4 * ci, 4);
+                memcpy(&m1, wr + 4 * ci + 4, 4);
+                w0 = _mm512_mask_blend_epi16((__mmask32)ob_interleave(m0 & 0xFFFFu, m1 & 0xFFFFu), neg, pos);
+                w1 = _mm512_mask_blend_epi16((__mmask32)ob_interleave(m0 >> 16, m1 >> 16), neg, pos);
+#define OB_STEP(bp, A0, A1) memcpy(&pr, (bp) + ci, 4); v = _mm512_set1_epi32(pr); OB_DP(A0, v, w0); OB_DP(A1, v, w1);
+                OB_STEP(b0, a00, a01) OB_STEP(b1, a10, a11) OB_STEP(b2, a20, a21) OB_STEP(b3, a30, a31)
+                OB_STEP(b4, a40, a41) OB_STEP(b5, a50, a51) OB_STEP(b6, a60, a61) OB_STEP(b7, a70, a71)
+#undef OB_STEP
+            }
+        }
+    }
+    {
+        int32_t tmp[OB_MR][OB_NCO];
+        _mm512_storeu_si512(tmp[0], a00); _mm512_storeu_si512(tmp[0] + 16, a01);
+        _mm512_storeu_si512(tmp[1], a10); _mm512_storeu_si512(tmp[1] + 16, a11);
+        _mm512_storeu_si512(tmp[2], a20); _mm512_storeu_si512(tmp[2] + 16, a21);
+        _mm512_storeu_si512(tmp[3], a30); _mm512_storeu_si512(tmp[3] + 16, a31);
+        _mm512_storeu_si512(tmp[4], a40); _mm512_storeu_si512(tmp[4] + 16, a41);
+        _mm512_storeu_si512(tmp[5], a50); _mm512_storeu_si512(tmp[5] + 16, a51);
+        _mm512_storeu_si512(tmp[6], a60); _mm512_storeu_si512(tmp[6] + 16, a61);
+        _mm512_storeu_si512(tmp[7], a70); _mm512_storeu_si512(tmp[7] + 16, a71);
+        memcpy(acc, tmp, (size_t)mr * sizeof tmp[0]);
+    }
+}

@@ -1,0 +1,51 @@
+/* onebit C runtime: portable C99 convolution kernels (the reference for the SIMD ones).
+ *
+ * A kernel computes, for `mr` output pixels of one row and the 32 output channels of one block,
+ * acc[p][j] = sum over (ky, kx, ci) in that order of s * x, s = +1 if the weight bit is set else -1.
+ * Float sums are accumulated one term at a time in that order, so every kernel gives bit-identical
+ * results; integer sums are exact in any order. Pixel p's window starts at x + p * pix.
+ */
+#define OB_MR 8
+#define OB_KERNEL_NAME "portable"
+
+static void ob_kf(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
+                  int mr, float *acc)
+{
+    int p, j, ky, kx, ci;
+    for (p = 0; p < mr * OB_NCO; p++) acc[p] = 0.0f;
+    for (ky = 0; ky < k; ky++) {
+        for (kx = 0; kx < k; kx++) {
+            const float *xr = x + ky * row + (ptrdiff_t)kx * cin;
+            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * 4;
+            for (ci = 0; ci < cin; ci++) {
+                const uint8_t *wb = wr + 4 * ci;
+                for (p = 0; p < mr; p++) {
+                    const float v = xr[p * pix + ci], nv = -v;
+                    float *a = acc + p * OB_NCO;
+                    for (j = 0; j < OB_NCO; j++) a[j] += ((wb[j >> 3] >> (j & 7)) & 1) ? v : nv;
+                }
+            }
+        }
+    }
+}
+
+static void ob_ki(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
+                  int mr, int32_t *acc)
+{
+    int p, j, ky, kx, ci;
+    for (p = 0; p < mr * OB_NCO; p++) acc[p] = 0;
+    for (ky = 0; ky < k; ky++) {
+        for (kx = 0; kx < k; kx++) {
+            const int16_t *xr = x + ky * row + (ptrdiff_t)kx * cin;
+            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * 4;
+            for (ci = 0; ci < cin; ci++) {
+                const uint8_t *wb = wr + 4 * ci;
+                for (p = 0; p < mr; p++) {
+                    const int32_t v = xr[p * pix + ci];
+                    int32_t *a = acc + p * OB_NCO;
+                    for (j = 0; j < OB_NCO; j++) a[j] += ((wb[j >> 3] >> (j & 7)) & 1) ? v : -v;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,191 @@
+"""The exported C runtime: builds with the system compiler, matches PyTorch on real CIFAR-10 images,
+its SIMD and portable kernels agree bit for bit, and its integer mode equals the Python fixed-point model."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from onebit.data.cifar import load_cifar
+from onebit.errors import ConfigError
+from onebit.export.c_program import lower, model_fingerprint, run_program
+from onebit.export.c_runtime import export_c, pack_step_bits, plan_slots
+from onebit.export.fixed_point import QParams, run_program_int
+from onebit.models import WRNConfig, build_model
+
+CC = shutil.which("cc")
+needs_cc = pytest.mark.skipif(CC is None, reason="no C compiler (cc) on PATH")
+STRICT = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror"]
+N_IMAGES = 32
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    match = re.search(r"^flags\s*:(.*)$", text, re.M)
+    return set(match.group(1).split()) if match else set()
+
+
+@pytest.fixture(scope="module")
+def cifar(cifar10_dir):
+    test = load_cifar("cifar10", cifar10_dir, train=False, download=False)
+    train = load_cifar("cifar10", cifar10_dir, train=True, download=False)
+    return test.images[:N_IMAGES], train.images[:256]
+
+
+def make_model(cfg: WRNConfig, calib: torch.Tensor, seed: int = 0) -> torch.nn.Module:
+    """A random model; BN models get running statistics from real images (as after training)."""
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    if cfg.norm == "bn":
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = None
+        model.train()
+        with torch.no_grad():
+            model(calib.float())
+    return model.eval()
+
+
+def build(out: Path, name: str, flags: list[str]) -> Path:
+    exe = out / name
+    cmd = [CC, *STRICT, *flags, "-o", str(exe), str(out / "onebit_demo.c"), str(out / "onebit.c"), "-lm"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return exe
+
+
+def run_demo(exe: Path, images: Path, *args: str) -> np.ndarray:
+    out = subprocess.run([str(exe), *args, str(images)], check=True, capture_output=True, text=True).stdout
+    rows = [line.split() for line in out.strip().splitlines()]
+    return np.array([[float(v) for v in r[2:]] for r in rows]), np.array([int(r[1]) for r in rows])
+
+
+def export_and_write(model, tmp: Path, images: torch.Tensor, calib: torch.Tensor, size: int = 32) -> Path:
+    out = export_c(model, tmp / "c", calibration_images=calib, image_size=size)
+    (out / "images.bin").write_bytes(images.numpy().tobytes())
+    return out
+
+
+def check_float(exe: Path, out: Path, model, images: torch.Tensor, *args: str) -> np.ndarray:
+    logits, preds = run_demo(exe, out / "images.bin", *args)
+    with torch.no_grad():
+        ref = model(images).numpy()
+    assert logits.shape == ref.shape
+    assert np.array_equal(preds, ref.argmax(1))
+    assert np.abs(logits - ref).max() <= 1e-3 * np.abs(ref).max()
+    return logits
+
+
+@needs_cc
+@pytest.mark.parametrize("cfg", [
+    WRNConfig(depth=8, width=1),                                  # BN-free
+    WRNConfig(depth=8, width=1, norm="bn"),                       # BN kept as per-channel affines
+    WRNConfig(depth=8, width=1, norm="bn", pad_mode="tf_same", stem_relu=True, head_pool="sum"),
+], ids=["srelu-8-1", "bn-8-1", "bn-tf-same-8-1"])
+def test_portable_build_matches_pytorch_and_int_matches_python(cfg, cifar, tmp_path):
+    images, calib = cifar
+    model = make_model(cfg, calib)
+    out = export_and_write(model, tmp_path, images, calib)
+    exe = build(out, "demo_strict", [])                 # exactly the strict C99 command, no SIMD flags
+    check_float(exe, out, model, images)
+    q, _ = run_demo(exe, out / "images.bin", "--int", "--raw")
+    qp = QParams.from_dict(json.loads((out / "onebit_model.json").read_text())["qparams"])
+    expect = run_program_int(lower(model), qp, images)
+    assert np.array_equal(q.astype(np.int64), expect)
+    # the integer mode tracks the float model (random nets have near ties, so only most must agree)
+    with torch.no_grad():
+        ref = model(images).numpy()
+    assert (expect.argmax(1) == ref.argmax(1)).mean() >= 0.9
+
+
+@needs_cc
+def test_simd_kernels_identical_to_portable(cifar, tmp_path):
+    flags = cpu_flags()
+    variants = {"portable": ["-DONEBIT_PORTABLE"]}
+    if {"avx2", "fma"} <= flags:
+        variants["avx2"] = ["-mavx2", "-mfma"]
+    if {"avx512f", "avx512bw"} <= flags:
+        variants["avx512"] = ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw"]
+        if "avx512_vnni" in flags and "bmi2" in flags:
+            variants["avx512-vnni"] = ["-march=native"]
+    if len(variants) == 1:
+        pytest.skip("this CPU has neither AVX2+FMA nor AVX-512")
+    images, calib = cifar
+    # 20x20 crops: output widths 20, 10, 5 leave partial pixel tiles; 16 and 10 channels partial blocks
+    images, calib = images[:, :, 6:26, 6:26].contiguous(), calib[:, :, 6:26, 6:26].contiguous()
+    model = make_model(WRNConfig(depth=8, width=1, norm="none"), calib, seed=1)
+    out = export_and_write(model, tmp_path, images, calib, size=20)
+    results = {}
+    for name, extra in variants.items():
+        exe = build(out, f"demo_{name}", ["-ffp-contract=off", *extra])
+        assert subprocess.run([str(exe), "--bench", "1", str(out / "images.bin")], capture_output=True,
+                              text=True).stdout.split()[-3] == name.split("-")[0]
+        results[name] = (run_demo(exe, out / "images.bin")[0], run_demo(exe, out / "images.bin", "--int", "--raw")[0])
+    base_f, base_q = results.pop("portable")
+    for name, (f, q) in results.items():
+        assert np.array_equal(f, base_f), name                  # bit-identical float logits
+        assert np.array_equal(q, base_q), name
+    check_float(build(out, "demo_native", ["-march=native"]), out, model, images)
+
+
+@needs_cc
+def test_threads_give_identical_results(cifar, tmp_path):
+    images, calib = cifar
+    model = make_model(WRNConfig(depth=8, width=2), calib)
+    out = export_and_write(model, tmp_path, images[:8], calib)
+    exe = build(out, "demo_threads", ["-march=native", "-DONEBIT_THREADS=3", "-pthread"])
+    one = run_demo(exe, out / "images.bin")[0]
+    for threads in ("2", "3"):
+        assert np.array_equal(run_demo(exe, out / "images.bin", "--threads", threads)[0], one)
+        assert np.array_equal(run_demo(exe, out / "images.bin", "--int", "--raw", "--threads", threads)[0],
+                              run_demo(exe, out / "images.bin", "--int", "--raw")[0])
+
+
+def test_lowered_program_matches_model(cifar):
+    images, calib = cifar
+    for cfg in (WRNConfig(depth=8, width=1), WRNConfig(depth=8, width=1, norm="bn", pad_mode="tf_same")):
+        model = make_model(cfg, calib)
+        with torch.no_grad():
+            ref = model(images[:8])
+        got = run_program(lower(model), images[:8])
+        assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+def test_bit_layout_and_arena_plan():
+    signs = np.zeros((40, 3, 3, 3), dtype=bool)
+    signs[33, 2, 1, 0] = True                     # block 1, output 1; tap (ky=1, kx=0), channel 2
+    bits = pack_step_bits(signs, cin_p=4)
+    words = bits.reshape(2, 3, 3, 4, 4)           # [block][ky][kx][ci][byte]
+    assert words[1, 1, 0, 2, 0] == 0b10           # bit j of the little-endian word = output 32 * blk + j
+    assert (words[1, :, :, :, 1:] == 0xFF).all()  # outputs 40..63 are padding (bit 1)
+    assert words[0, :, :, :3].max() == 0 and words[0, :, :, 3].min() == 0xFF   # padded input channel
+    prog = lower(build_model(WRNConfig(depth=14, width=2)))
+    plan = plan_slots(prog)
+    assert plan.slot_of["x"] == 0
+    for step in prog.steps[:-1]:                  # no step writes a slot it reads (except in place)
+        reads = {plan.slot_of[t] for t in (step.src, step.res_src) if t}
+        assert plan.slot_of[step.act_out or step.out] not in reads
+
+
+def test_refuses_32bit_layers_and_fingerprint_tracks_weights(tmp_path):
+    with pytest.raises(ConfigError, match="1-bit"):
+        export_c(build_model(WRNConfig(depth=8, width=1, binarize_first_last=False)), tmp_path / "a")
+    with pytest.raises(ConfigError, match="1-bit"):
+        export_c(build_model(WRNConfig(depth=8, width=1, weight_bits=32)), tmp_path / "b")
+    a = build_model(WRNConfig(depth=8, width=1))
+    fp = model_fingerprint(a)
+    with torch.no_grad():
+        a.stem.weight.mul_(3.0)                    # same signs: same fingerprint
+    assert model_fingerprint(a) == fp
+    with torch.no_grad():
+        a.stem.weight[0, 0, 0, 0] *= -1
+    assert model_fingerprint(a) != fp
