@@ -242,6 +242,12 @@ def test_errors_name_the_problem(tmp_path, small_file):
     bad = {**json.loads(meta["model_config"]), "depth": 9}
     expect_error(rewrite(small_file, tmp_path / "d.onebit", metadata={**meta, "model_config": json.dumps(bad)}),
                  "model_config is invalid", "6n+2")
+    bad = {**json.loads(meta["model_config"]), "in_channels": 0}          # found by fuzzing
+    expect_error(rewrite(small_file, tmp_path / "c0.onebit", metadata={**meta, "model_config": json.dumps(bad)}),
+                 "model_config.in_channels = 0 is out of range")
+    bad = {**json.loads(meta["model_config"]), "pad_mode": "rymmetric"}   # found by fuzzing
+    expect_error(rewrite(small_file, tmp_path / "p.onebit", metadata={**meta, "model_config": json.dumps(bad)}),
+                 "rymmetric")
     bad = {**json.loads(meta["model_config"]), "width": 2}
     expect_error(rewrite(small_file, tmp_path / "w2.onebit", metadata={**meta, "model_config": json.dumps(bad)}),
                  "has shape", "expected")

@@ -159,7 +159,7 @@ def _parse_config(text: str) -> WRNConfig:
             ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
         if not ok:
             raise PackedModelError(f"model_config.{key} has the wrong type ({type(value).__name__})")
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _MAX_DIM:
+        if isinstance(default, int) and not isinstance(default, bool) and not 1 <= value <= _MAX_DIM:
             raise PackedModelError(f"model_config.{key} = {value} is out of range")
     try:
         return WRNConfig(**data)
@@ -211,8 +211,11 @@ def _load(path: Path) -> tuple[WideResNet, dict[str, Any]]:
         if config.depth > len(names):
             raise PackedModelError(f"model_config depth {config.depth} needs more tensors than the "
                                    f"file's {len(names)}")
-        with torch.device("meta"):
-            spec = _expected_spec(WideResNet(config))
+        try:
+            with torch.device("meta"):
+                spec = _expected_spec(WideResNet(config))
+        except (ValueError, TypeError, RuntimeError, ArithmeticError) as exc:
+            raise PackedModelError(f"model_config describes no buildable model ({exc})") from None
         missing = sorted(set(spec) - set(names))
         if missing:
             raise PackedModelError(f"tensor {missing[0]!r} is missing ({len(missing)} missing in all) "
