@@ -56,10 +56,11 @@ class ImportedModel:
     info: dict[str, Any] = field(default_factory=dict)
 
     def metadata(self) -> dict[str, str]:
-        """String metadata describing the origin, for the packed model file."""
+        """JSON metadata describing the origin, for the packed model file (all released models are CIFAR)."""
         cfg = self.model.config
         return {"source": "reference-import", "source_format": self.source_format,
                 "source_file": Path(self.source_file).name,
+                "dataset": "cifar100" if cfg.num_classes == 100 else "cifar10",
                 "description": f"WRN-{cfg.depth}-{cfg.width}, {cfg.num_classes} classes, 1-bit weights + BN, "
                                f"imported from the reference implementation's {self.source_format} model"}
 
@@ -105,12 +106,10 @@ def detect_format(mat: dict[str, Any]) -> str:
 def import_reference(path: str | Path) -> ImportedModel:
     """Read a released reference .mat file and return the equivalent onebit model in eval mode."""
     mat = read_mat(path)
-    fmt = detect_format(mat)
+    fmt = ""
     try:
-        if fmt == KERAS:
-            model, info = _from_keras(mat)
-        else:
-            model, info = _from_matconvnet(mat)
+        fmt = detect_format(mat)
+        model, info = _from_keras(mat) if fmt == KERAS else _from_matconvnet(mat)
     except ReferenceImportError as exc:
         raise ReferenceImportError(f"{path}: {exc}") from None
     except (ValueError, TypeError, IndexError, AttributeError) as exc:
