@@ -10,6 +10,18 @@
 #define OB_MR 4
 #define OB_KERNEL_NAME "avx2"
 
+/* float vector ops for the fused epilogues (onebit.c): the scalar epilogue's operations, 8 lanes */
+#define OB_VW 8
+typedef __m256 ob_vf;
+#define ob_vload(p) _mm256_loadu_ps(p)
+#define ob_vstore(p, v) _mm256_storeu_ps(p, v)
+#define ob_vset1(x) _mm256_set1_ps(x)
+#define ob_vzero() _mm256_setzero_ps()
+#define ob_vadd(a, b) _mm256_add_ps(a, b)
+#define ob_vmul(a, b) _mm256_mul_ps(a, b)
+#define ob_vdiv(a, b) _mm256_div_ps(a, b)
+#define ob_vmax(a, b) _mm256_max_ps(a, b)   /* a > b ? a : b, lane by lane */
+
 #define OB_S(b, i) ((((b) >> (i)) & 1) ? 1.0f : -1.0f)
 #define OB_ROWF(b) {OB_S(b, 0), OB_S(b, 1), OB_S(b, 2), OB_S(b, 3), OB_S(b, 4), OB_S(b, 5), OB_S(b, 6), OB_S(b, 7)}
 #define OB_LO(b, i) ((((b) >> (i)) & 1) ? 1 : 0xFFFF)

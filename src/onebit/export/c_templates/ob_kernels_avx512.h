@@ -12,6 +12,18 @@
 #define OB_MR 8
 #define OB_KERNEL_NAME "avx512"
 
+/* float vector ops for the fused epilogues (onebit.c): the scalar epilogue's operations, 16 lanes */
+#define OB_VW 16
+typedef __m512 ob_vf;
+#define ob_vload(p) _mm512_loadu_ps(p)
+#define ob_vstore(p, v) _mm512_storeu_ps(p, v)
+#define ob_vset1(x) _mm512_set1_ps(x)
+#define ob_vzero() _mm512_setzero_ps()
+#define ob_vadd(a, b) _mm512_add_ps(a, b)
+#define ob_vmul(a, b) _mm512_mul_ps(a, b)
+#define ob_vdiv(a, b) _mm512_div_ps(a, b)
+#define ob_vmax(a, b) _mm512_max_ps(a, b)   /* a > b ? a : b, lane by lane */
+
 static void ob_kf(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
                   int mr, float *acc)
 {

@@ -99,6 +99,63 @@ static float ob_pool_f(const float *r, const ob_layer *L, int oy, int ox, int co
     return s / (float)count;
 }
 
+#if defined(OB_VW)
+/* Vector forms of ob_act_f / ob_pool_f / ob_epi_f: the same IEEE operations in the same order on OB_VW
+ * channels at once, so they give the scalar code's results bit for bit (max(-1, v) = v < -1 ? -1 : v;
+ * max(t, 0) = t > 0 ? t : 0, NaN included). */
+static ob_vf ob_act_v(const ob_layer *L, ob_vf v, int co)
+{
+    ob_vf t;
+    if (L->act == OB_ACT_SRELU) return ob_vmax(ob_vset1(-1.0f), v);
+    if (L->act != OB_ACT_AFFINE_RELU) return v;
+    t = ob_vmul(v, ob_vload(L->act_a + co));
+    t = ob_vadd(t, ob_vload(L->act_b + co));
+    return ob_vmax(t, ob_vzero());
+}
+
+static ob_vf ob_pool_v(const float *r, const ob_layer *L, int oy, int ox, int co)
+{
+    int y0, x0, dy, dx;
+    const int count = ob_pool_window(L, oy, ox, &y0, &x0);
+    const size_t w2 = (size_t)L->res_w + 2;
+    ob_vf s = ob_vzero();
+    for (dy = 0; dy < 3; dy++)
+        for (dx = 0; dx < 3; dx++)
+            s = ob_vadd(s, ob_vload(r + ((size_t)(y0 + dy + 1) * w2 + (size_t)(x0 + dx + 1)) * (size_t)L->res_c +
+                                    (size_t)co));
+    return ob_vdiv(s, ob_vset1((float)count));
+}
+
+/* full 32-channel blocks of act / res epilogues; returns 0 when the scalar code must do it */
+static int ob_epi_f_vec(const ob_layer *L, unsigned char *arena, int oy, int ox0, int mr, int co0, int nco,
+                        const float *acc)
+{
+    float *dst = L->dst >= 0 ? OB_F(arena, L->dst) : NULL;
+    float *adst = L->act_dst >= 0 ? OB_F(arena, L->act_dst) : NULL;
+    const float *res = L->res_src >= 0 ? OB_F(arena, L->res_src) : NULL;
+    const ob_vf scale = ob_vset1(L->scale);
+    int p, h;
+    if (nco != OB_NCO || L->epi == OB_EPI_HEAD || (L->res == OB_RES_POOL && L->res_c % OB_VW)) return 0;
+    for (p = 0; p < mr; p++) {
+        const int ox = ox0 + p;
+        const size_t o = ((size_t)(oy + 1) * ((size_t)L->ow + 2) + (size_t)ox + 1) * (size_t)L->cout;
+        for (h = 0; h < OB_NCO; h += OB_VW) {
+            const int co = co0 + h;
+            ob_vf v = ob_vmul(ob_vload(acc + p * OB_NCO + h), scale);
+            if (L->epi == OB_EPI_ACT) {
+                ob_vstore(dst + o + co, ob_act_v(L, v, co));
+                continue;
+            }
+            if (L->res == OB_RES_IDENTITY) v = ob_vadd(v, ob_vload(res + o + co));
+            else if (L->res == OB_RES_POOL && co < L->res_c) v = ob_vadd(v, ob_pool_v(res, L, oy, ox, co));
+            if (dst) ob_vstore(dst + o + co, v);
+            ob_vstore(adst + o + co, ob_act_v(L, v, co));
+        }
+    }
+    return 1;
+}
+#endif
+
 static void ob_epi_f(const ob_layer *L, unsigned char *arena, int oy, int ox0, int mr, int co0, int nco,
                      const float *acc)
 {
@@ -107,6 +164,9 @@ static void ob_epi_f(const ob_layer *L, unsigned char *arena, int oy, int ox0, i
     const float *res = L->res_src >= 0 ? OB_F(arena, L->res_src) : NULL;
     float *head = OB_F(arena, ONEBIT_HEAD_SLOT);
     int p, j;
+#if defined(OB_VW)
+    if (ob_epi_f_vec(L, arena, oy, ox0, mr, co0, nco, acc)) return;
+#endif
     for (p = 0; p < mr; p++) {
         const int ox = ox0 + p;
         const size_t o = ((size_t)(oy + 1) * ((size_t)L->ow + 2) + (size_t)ox + 1) * (size_t)L->cout;

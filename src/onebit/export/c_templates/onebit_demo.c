@@ -52,6 +52,20 @@ static double now_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
 }
 
+/* peak resident set of this process in KiB (VmHWM of /proc/self/status), -1 where unavailable. Unlike
+ * getrusage's ru_maxrss it does not include the parent's memory from before exec. */
+static long peak_rss_kb(void)
+{
+    char line[256];
+    long kb = -1;
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) kb = atol(line + 6);
+    fclose(f);
+    return kb;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     const double x = *(const double *)a, y = *(const double *)b;
@@ -102,6 +116,7 @@ static int bench(int mode, int threads, int runs, int batch, int have)
                1e3 * batch / times[runs / 2], batch, times[runs / 2], runs, threads);
         (void)total;
     }
+    printf("peak_rss_kb %ld arena_bytes %lu\n", peak_rss_kb(), (unsigned long)onebit_arena_bytes(mode));
     return 0;
 }
 
