@@ -23,6 +23,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=500, help="evaluation batch size")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    c = p.add_argument_group("C runtime (--engine c)")
+    c.add_argument("--engine", choices=("torch", "c"), default="torch",
+                   help="torch: PyTorch; c: the onebit C runtime via its Python binding (exported and compiled "
+                        "with the system cc on first use, cached)")
+    c.add_argument("--c-mode", choices=("float", "int"), default="float",
+                   help="C runtime arithmetic: float32, or int16 fixed point calibrated on training images")
+    c.add_argument("--calibrate", type=int, default=256, metavar="N",
+                   help="training images that choose the integer mode's scales")
+    c.add_argument("--c-sources", default=None, metavar="DIR",
+                   help="compile this `onebit export --format c` folder instead of exporting MODEL; refused "
+                        "if it was generated from another model")
+    c.add_argument("--threads", type=int, default=1, help="C runtime threads")
     p.set_defaults(func=run)
 
 
@@ -34,8 +46,20 @@ def run(args: argparse.Namespace) -> int:
     data = load_cifar(dataset, args.data_dir or train_cfg.get("data_dir"), train=args.split == "train")
     if len(data.classes) != model.config.num_classes:
         raise ConfigError(f"model has {model.config.num_classes} classes but {dataset} has {len(data.classes)}")
-    device = select_device(args.device)
-    result = evaluate(model.to(device), data.images, data.labels, args.batch_size, device)
+    if args.engine == "c":
+        import torch
+
+        from onebit.evaluate import accuracy_from_logits
+        from onebit.runtime import c_engine_logits
+
+        logits = c_engine_logits(
+            model, data.images, mode=args.c_mode, threads=args.threads, sources=args.c_sources,
+            calibration=lambda: load_cifar(dataset, args.data_dir or train_cfg.get("data_dir"),
+                                           train=True).images[:args.calibrate])
+        result = accuracy_from_logits(torch.from_numpy(logits), data.labels, model.config.num_classes)
+    else:
+        device = select_device(args.device)
+        result = evaluate(model.to(device), data.images, data.labels, args.batch_size, device)
     if args.json:
         print(json.dumps({"model": str(args.model), "dataset": dataset, "split": args.split,
                           **result.as_dict(), "classes": data.classes}, indent=2))

@@ -79,6 +79,7 @@ static void ob_kf(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, 
     ob_kf16(x, pix, row, cin, k, w, 1, mr, acc);
 }
 
+#if ONEBIT_HAS_INT
 static void ob_ki16(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
                     int half, int mr, int32_t *acc)
 {
@@ -126,3 +127,4 @@ static void ob_ki(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k
     ob_ki16(x, pix, row, cin, k, w, 0, mr, acc);
     ob_ki16(x, pix, row, cin, k, w, 1, mr, acc);
 }
+#endif

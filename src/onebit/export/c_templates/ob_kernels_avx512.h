@@ -67,6 +67,7 @@ static void ob_kf(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, 
     }
 }
 
+#if ONEBIT_HAS_INT
 /* 32-bit mask whose bit 2j is bit j of a and bit 2j+1 is bit j of b (16-bit a, b) */
 #if defined(__BMI2__)
 static uint32_t ob_interleave(uint32_t a, uint32_t b)
@@ -138,3 +139,4 @@ static void ob_ki(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k
         memcpy(acc, tmp, (size_t)mr * sizeof tmp[0]);
     }
 }
+#endif

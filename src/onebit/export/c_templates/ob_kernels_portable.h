@@ -29,6 +29,7 @@ static void ob_kf(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, 
     }
 }
 
+#if ONEBIT_HAS_INT
 static void ob_ki(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
                   int mr, int32_t *acc)
 {
@@ -49,3 +50,4 @@ static void ob_ki(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k
         }
     }
 }
+#endif

@@ -45,6 +45,9 @@ const char *onebit_model_id(void) { return ONEBIT_MODEL_ID; }
 const char *onebit_kernel_name(void) { return OB_KERNEL_NAME; }
 int onebit_max_threads(void) { return OB_MAXT; }
 size_t onebit_arena_bytes(int mode) { return OB_PER(mode); }
+int onebit_num_classes(void) { return ONEBIT_NUM_CLASSES; }
+size_t onebit_input_bytes(void) { return ONEBIT_INPUT_BYTES; }
+int onebit_has_int(void) { return ONEBIT_HAS_INT; }
 
 /* ---------------------------------------------------------------------------------------------- */
 /* zero border of an output tensor: the cells next to output row oy (and the top/bottom rows) */

@@ -40,6 +40,10 @@ const char *onebit_model_id(void);
 const char *onebit_kernel_name(void);
 /* Largest thread count this build accepts (ONEBIT_THREADS at build time, 1 without pthreads). */
 int onebit_max_threads(void);
+/* Logits per image, bytes per input image, whether the integer mode was exported. */
+int onebit_num_classes(void);
+size_t onebit_input_bytes(void);
+int onebit_has_int(void);
 /* Arena bytes one worker needs in `mode`. */
 size_t onebit_arena_bytes(int mode);
 
