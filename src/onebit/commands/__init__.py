@@ -11,4 +11,7 @@ COMMAND_MODULES = [
     "onebit.commands.import_reference",
     "onebit.commands.export",
     "onebit.commands.summary",
+    "onebit.commands.sweep",
+    "onebit.commands.runs",
+    "onebit.commands.report",
 ]

@@ -1,0 +1,33 @@
+"""``onebit report``: a Markdown report with PNG figures from a results store."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write a Markdown report (tables, BN margin, figures) from a results store",
+                       description="Write DIR/report.md and PNG figures from a results store: error rate "
+                                   "mean +/- std over seeds per dataset and variant beside the published "
+                                   "numbers, the accuracy margin of BN over shifted ReLU with a t-based 95%% "
+                                   "confidence interval, test error versus width, training curves, the "
+                                   "learning-rate schedules, and parameters / weight memory / MACs / "
+                                   "measured training images/s per variant.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("store", type=Path, help="the results store (written by `onebit sweep`)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--where", "-w", action="append", default=[], metavar="KEY<op>VALUE",
+                   help="report only runs matching this condition (as in `onebit runs --where`)")
+    p.add_argument("--title", default=None, help="report title (default: from the store's sweep names)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from onebit.commands.runs import parse_condition
+    from onebit.experiments.report import write_report
+
+    path = write_report(args.store, args.output, where=[parse_condition(w) for w in args.where],
+                        title=args.title)
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,218 @@
+"""The study report: ``report.md`` plus PNG figures, written from a results store.
+
+Sections: one error-rate table per dataset (mean +/- sample std over seeds, n, beside the published numbers
+of DESIGN.md), the accuracy margin of BN over shifted ReLU with its Welch 95% confidence interval and a
+sentence on its significance (see ``stats``), figures (test error versus width, learning curves, learning-rate
+schedules), the cost of each variant (parameters, weight memory at the stored bit-widths, MACs and extra BN
+operations per image from ``onebit.export.summary``, and the measured training images/s), and provenance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from onebit.experiments import figures
+from onebit.experiments.stats import (CONFIDENCE, Margin, Summary, Variant, design_name, group_variants,
+                                      margins, varying_settings)
+from onebit.experiments.store import ResultsStore
+from onebit.export.summary import summarize
+from onebit.models import WRNConfig
+from onebit.presets import PUBLISHED_ACCURACY
+
+DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet"}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
+# McDonnell, ICLR 2018, test error % of the BN design with cutout: (dataset, depth, width, bits) -> error.
+ICLR2018_ERROR = {("cifar10", 20, 4, 1): 5.34, ("cifar100", 20, 4, 1): 23.74,
+                  ("cifar10", 20, 10, 1): 3.92, ("cifar100", 20, 10, 1): 18.51,
+                  ("cifar10", 26, 10, 1): 3.41, ("cifar100", 26, 10, 1): 18.50,
+                  ("cifar10", 20, 10, 32): 3.46, ("cifar100", 20, 10, 32): 17.19}
+
+
+def pct(x: float, digits: int = 2) -> str:
+    return "–" if x is None or math.isnan(x) else f"{100 * x:.{digits}f}"
+
+
+def mean_std(s: Summary, error: bool = True) -> str:
+    """``mean ± std`` in percent (of the error rate 1 - acc when ``error``); std omitted for n < 2."""
+    if s.n == 0:
+        return "–"
+    mean = 1 - s.mean if error else s.mean
+    return pct(mean) if math.isnan(s.std) else f"{pct(mean)} ± {pct(s.std)}"
+
+
+def published_error(settings: dict[str, Any]) -> str:
+    """The published test error % for this dataset / size / design / bits, if DESIGN.md has one."""
+    ds, d, k, norm, bits = (settings[x] for x in ("dataset", "depth", "width", "norm", "weight_bits"))
+    parts = []
+    if (d, k) == (20, 10) and (ds, norm, bits) in PUBLISHED_ACCURACY:
+        parts.append(f"{100 - PUBLISHED_ACCURACY[(ds, norm, bits)]:.2f} (2019)")
+    if norm == "bn" and (ds, d, k, bits) in ICLR2018_ERROR:
+        parts.append(f"{ICLR2018_ERROR[(ds, d, k, bits)]:.2f} (ICLR 2018)")
+    return ", ".join(parts) or "–"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _fmt_setting(value: Any) -> str:
+    return "–" if value is None else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def error_table(variants: list[Variant]) -> str:
+    extra = varying_settings(variants)
+    header = ["network", "design", "weight bits", *extra, "n", "test error % (mean ± std)",
+              "validation error %", "best epoch (by held-out acc.)", "published test error %"]
+    rows = []
+    for v in variants:
+        s = v.settings
+        best = sorted({r["best_epoch"] for r in v.runs if r.get("best_epoch") is not None})
+        rows.append([f"WRN-{s['depth']}-{s['width']}", design_name(s["norm"]), s["weight_bits"],
+                     *(_fmt_setting(s.get(k)) for k in extra), v.summary("test_acc").n,
+                     mean_std(v.summary("test_acc")), mean_std(v.summary("val_acc")),
+                     ", ".join(map(str, best)) or "–", published_error(s)])
+    return markdown_table(header, rows)
+
+
+def margin_sentence(m: Margin) -> str:
+    s = m.bn.settings
+    where = (f"On {DATASET_NAMES.get(s['dataset'], s['dataset'])} with WRN-{s['depth']}-{s['width']} and "
+             f"{s['weight_bits']}-bit weights")
+    na, nb = m.bn.summary().n, m.srelu.summary().n
+    ahead, behind = ("BN", "shifted ReLU") if m.diff >= 0 else ("shifted ReLU", "BN")
+    head = f"{where}, {ahead} is {abs(100 * m.diff):.2f} points more accurate than {behind}"
+    if not m.decided:
+        return f"{head}; with {na} + {nb} runs there is no confidence interval (need at least 2 seeds each)."
+    ci = (f"(margin BN − shifted ReLU {100 * m.diff:+.2f} points, {CONFIDENCE:.0%} CI {100 * m.low:+.2f} to "
+          f"{100 * m.high:+.2f}, Welch t over {na} + {nb} runs, p = {m.p_value:.3g})")
+    if m.significant:
+        return f"{head} {ci}: the interval excludes 0, so the margin is significant at the 5% level."
+    return (f"{head} {ci}: the interval includes 0, so the difference is not significant at this number "
+            f"of seeds.")
+
+
+def margin_table(ms: list[Margin]) -> str:
+    header = ["dataset", "network", "weight bits", "BN test acc. %", "shifted-ReLU test acc. %",
+              "margin (points)", f"{CONFIDENCE:.0%} CI", "p", "significant"]
+    rows = []
+    for m in ms:
+        s = m.bn.settings
+        ci = "–" if not m.decided else f"{100 * m.low:+.2f} to {100 * m.high:+.2f}"
+        rows.append([DATASET_NAMES.get(s["dataset"], s["dataset"]), f"WRN-{s['depth']}-{s['width']}",
+                     s["weight_bits"], mean_std(m.bn.summary(), error=False),
+                     mean_std(m.srelu.summary(), error=False), f"{100 * m.diff:+.2f}", ci,
+                     "–" if not m.decided else f"{m.p_value:.3g}",
+                     "–" if not m.decided else ("yes" if m.significant else "no")])
+    return markdown_table(header, rows)
+
+
+def model_config_of(settings: dict[str, Any]) -> WRNConfig:
+    return WRNConfig(depth=settings["depth"], width=settings["width"],
+                     num_classes=settings.get("classes") or NUM_CLASSES.get(settings["dataset"], 10),
+                     norm=settings["norm"], weight_bits=settings["weight_bits"],
+                     temperature=settings.get("temperature"),
+                     binarize_first_last=settings.get("binarize_first_last", True))
+
+
+def _bytes(n: float) -> str:
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def cost_table(variants: list[Variant]) -> str:
+    header = ["network", "design", "weight bits", "parameters", "weight memory (stored bits)",
+              "weight memory (all 32-bit)", "MACs / image", "BN ops / image", "training images/s", "device"]
+    rows, seen = [], set()
+    for v in variants:
+        s = v.settings
+        summary = summarize(model_config_of(s))
+        rates = Summary.of(v.values("train_images_per_s"))
+        rate = "–" if rates.n == 0 else (f"{rates.mean:.0f}" if math.isnan(rates.std)
+                                         else f"{rates.mean:.0f} ± {rates.std:.0f}")
+        devices = sorted({r.get("device") or "?" for r in v.runs})
+        key = (s["dataset"], s["depth"], s["width"], s["norm"], s["weight_bits"], rate)
+        if key in seen:
+            continue
+        seen.add(key)
+        rows.append([f"WRN-{s['depth']}-{s['width']}", design_name(s["norm"]), s["weight_bits"],
+                     f"{summary.params:,}", _bytes(summary.memory_bytes), _bytes(summary.memory_fp32_bytes),
+                     f"{summary.macs:,}", f"{summary.bn.ops:,}", rate, "; ".join(devices)])
+    return markdown_table(header, rows)
+
+
+def provenance(runs: list[dict[str, Any]]) -> list[str]:
+    def distinct(key: str) -> str:
+        return ", ".join(sorted({str(r.get(key)) for r in runs})) or "–"
+    versions = sorted({json.dumps(r["versions"], sort_keys=True) for r in runs})
+    wall = sum(r.get("wall_time_s") or 0.0 for r in runs)
+    return [f"* runs: {len(runs)} (sweeps: {distinct('sweep')}), total training wall time "
+            f"{wall / 3600:.2f} h",
+            f"* devices: {distinct('device')}",
+            f"* library versions: {'; '.join(', '.join(f'{k} {v}' for k, v in json.loads(x).items()) for x in versions)}",
+            f"* git commits: {distinct('git_commit')}",
+            f"* recorded: {min(r['recorded_at'] for r in runs)} to {max(r['recorded_at'] for r in runs)}"]
+
+
+def write_report(store_path: str | Path, out_dir: str | Path, where: list[tuple[str, str, Any]] | None = None,
+                 title: str | None = None) -> Path:
+    """Write ``out_dir/report.md`` and ``out_dir/figures/*.png``; returns the report's path."""
+    out_dir = Path(out_dir)
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    with ResultsStore(store_path, create=False) as store:
+        runs = store.runs(where)
+        curves = {r["config_hash"]: store.epochs(r["config_hash"]) for r in runs}
+    if not runs:
+        from onebit.experiments.store import StoreError
+        raise StoreError(f"{store_path}: no runs to report" + (" (after --where)" if where else ""))
+    variants = group_variants(runs)
+    title = title or "Study report: " + ", ".join(sorted({r["sweep"] or "runs" for r in runs}))
+    out = [f"# {title}", "",
+           f"Generated by `onebit report` from `{Path(store_path).name}` ({len(runs)} runs, {len(variants)} "
+           f"variants). Error rates are final test errors in percent: mean ± sample standard deviation over "
+           f"seeds (n runs). Published numbers (DESIGN.md: McDonnell et al. 2019, Table 1, WRN-20-10; "
+           f"McDonnell, ICLR 2018) come from full-length training and are shown beside matching rows only.",
+           ""]
+    for dataset in sorted({v.settings["dataset"] for v in variants}):
+        subset = [v for v in variants if v.settings["dataset"] == dataset]
+        name = DATASET_NAMES.get(dataset, dataset)
+        out += [f"## {name}: error rates", "", error_table(subset), ""]
+    ms = margins(variants)
+    out += ["## The margin of BN over shifted ReLU", "",
+            "Accuracy of the BN design minus that of the shifted-ReLU design (points), for the same dataset, "
+            f"size and weight bit-depth; {CONFIDENCE:.0%} confidence interval by Welch's t over the seeds.", ""]
+    if ms:
+        out += [margin_table(ms), ""] + [f"* {margin_sentence(m)}" for m in ms] + [""]
+    else:
+        out += ["No dataset / size / bit-depth has runs of both designs.", ""]
+    out += ["## Figures", ""]
+    for dataset in sorted({v.settings["dataset"] for v in variants}):
+        name = DATASET_NAMES.get(dataset, dataset)
+        subset = [v for v in variants if v.settings["dataset"] == dataset]
+        for depth in sorted({v.settings["depth"] for v in subset}):
+            group = [v for v in subset if v.settings["depth"] == depth]
+            png = figures.error_vs_width(group, f"{name}, depth {depth}: test error vs width",
+                                         fig_dir / f"error-vs-width-{dataset}-d{depth}.png")
+            out += [f"![{name} depth {depth}: test error versus width](figures/{png.name})", ""]
+        for size in sorted({(v.settings["depth"], v.settings["width"]) for v in subset}):
+            group = [v for v in subset if (v.settings["depth"], v.settings["width"]) == size]
+            png = figures.learning_curves(group, curves.__getitem__, f"{name}, WRN-{size[0]}-{size[1]}: "
+                                          "error per epoch", fig_dir / f"curves-{dataset}-wrn{size[0]}-{size[1]}.png")
+            out += [f"![{name} WRN-{size[0]}-{size[1]}: training and held-out error per epoch](figures/{png.name})",
+                    ""]
+    png = figures.lr_schedules(variants, curves.__getitem__, fig_dir / "lr-schedules.png")
+    out += [f"![learning-rate schedules](figures/{png.name})", ""]
+    out += ["## Cost", "",
+            "Parameters (convolution weights plus the values every BN layer stores), weight memory at the "
+            "stored bit-widths (1-bit or 32-bit convolutions, 32-bit BN values), "
+            "multiply-accumulates and extra BN operations per 32x32 image (from `onebit summary`), and the "
+            "measured training throughput (mean ± std over runs, on the device listed).", "",
+            cost_table(variants), ""]
+    out += ["## Provenance", "", *provenance(runs), ""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(out))
+    return path

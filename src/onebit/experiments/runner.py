@@ -1,0 +1,274 @@
+"""Executing a sweep's runs: one after another in this process, or N at once as worker processes.
+
+Each run lives in its own folder (named by its config hash). A run is taken only by the process that
+holds the folder's lock (``.lock``, an OS file lock released when the process dies), so two sweeps over one
+grid never train the same run twice. Per run:
+
+* already in the store -> skipped;
+* ``results.json`` present (finished, not yet recorded) -> recorded;
+* ``checkpoint.safetensors`` present -> resumed from its last epoch (``train(..., resume=True)``);
+* otherwise trained from scratch (stale files of a run killed in its first epoch are removed).
+
+The process that trains a run records it in the store (worker processes write to the store directly).
+Worker: ``python -m onebit.experiments.runner --store DB RUN_DIR`` (reads RUN_DIR/config.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from onebit.errors import OnebitError
+from onebit.experiments.store import ResultsStore, RunRecord
+from onebit.experiments.sweep import PlannedRun
+from onebit.train.config import TrainConfig
+
+BUSY_EXIT = 75                        # worker exit codes: another process holds the run,
+SKIPPED_EXIT = 76                     # the run was already in the store
+CHECKPOINT = "checkpoint.safetensors"
+
+
+@dataclass
+class Outcome:
+    done: list[str] = field(default_factory=list)        # trained (or resumed) and recorded now
+    skipped: list[str] = field(default_factory=list)     # already in the store
+    busy: list[str] = field(default_factory=list)        # being trained by another process
+    failed: dict[str, str] = field(default_factory=dict)  # hash -> error message
+
+
+# ----- provenance -----
+def library_versions() -> dict[str, str]:
+    import numpy
+    import torch
+
+    import onebit
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+            "onebit": onebit.__version__}
+
+
+def git_commit() -> str | None:
+    """The commit of the git checkout holding the onebit sources (``-dirty`` if the package's tracked files
+    differ from it), or None (not a checkout, no git)."""
+    source = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0 or not out.stdout.strip():
+        return None
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "."], cwd=source.parent, timeout=10)
+    return out.stdout.strip() + ("-dirty" if dirty.returncode == 1 else "")
+
+
+def device_description(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        index = int(device.split(":")[1]) if ":" in device else 0
+        return f"{device} ({torch.cuda.get_device_name(index)})"
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+# ----- reading a finished run folder -----
+def read_run_dir(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """(config, per-epoch metrics, final results) of a finished run folder."""
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+        final = json.loads((run_dir / "results.json").read_text())
+        epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                  if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise OnebitError(f"{run_dir}: unreadable run folder ({exc})") from None
+    return config, epochs, final
+
+
+def training_rate(epochs: list[dict[str, Any]]) -> float | None:
+    """Training images/s over the whole run: sum(images) / sum(epoch time)."""
+    seconds = sum(e.get("epoch_time_s", 0.0) for e in epochs)
+    images = sum(e.get("images_per_s", 0.0) * e.get("epoch_time_s", 0.0) for e in epochs)
+    return images / seconds if seconds > 0 else None
+
+
+def make_record(run_dir: Path, sweep: str | None, preset: str | None, device: str) -> RunRecord:
+    config, epochs, final = read_run_dir(run_dir)
+    cfg = TrainConfig.from_dict(config)
+    return RunRecord(config_hash=cfg.hash(), config=config, final=final, epochs=epochs,
+                     wall_time_s=final.get("elapsed_s"), train_images_per_s=training_rate(epochs),
+                     device=device_description(device), versions=library_versions(), git_commit=git_commit(),
+                     sweep=sweep, preset=preset, run_dir=str(run_dir))
+
+
+# ----- one run -----
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[bool]:
+    """Yields True if this process now holds ``run_dir``'s lock, False if another process holds it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:                       # no POSIX locks: single-writer use only
+        yield True
+        return
+    with open(run_dir / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_and_record(cfg: TrainConfig, run_dir: Path, store_path: Path, sweep: str | None = None,
+                   preset: str | None = None, progress: bool = False) -> str:
+    """Train (or resume, or just record) one run and record it; returns done, skipped or busy."""
+    from onebit.train.loop import train
+
+    with run_lock(run_dir) as mine:
+        if not mine:
+            return "busy"
+        with ResultsStore(store_path) as store:
+            if store.has(cfg.hash()):
+                return "skipped"
+        if not (run_dir / "results.json").is_file():
+            resume = (run_dir / CHECKPOINT).is_file()
+            if not resume:
+                for stale in ("metrics.jsonl", "results.json.tmp"):
+                    (run_dir / stale).unlink(missing_ok=True)
+            train(cfg, run_dir, resume=resume, progress=progress)
+        record = make_record(run_dir, sweep, preset, cfg.device)
+        with ResultsStore(store_path) as store:
+            store.record(record)
+    return "done"
+
+
+# ----- many runs -----
+def pending_first(runs: list[PlannedRun]) -> list[PlannedRun]:
+    """Runs with a checkpoint (interrupted) first, then the rest in sweep order."""
+    return sorted(runs, key=lambda r: not (r.run_dir / CHECKPOINT).is_file())
+
+
+def execute(runs: list[PlannedRun], store_path: Path, sweep: str | None = None, jobs: int = 1,
+            gpus: list[str] | None = None, progress: bool = True) -> Outcome:
+    """Run every planned run not yet in the store: in this process (jobs=1, no gpus) or as workers."""
+    from tqdm.auto import tqdm
+
+    outcome = Outcome()
+    with ResultsStore(store_path) as store:
+        stored = store.hashes()
+    todo = []
+    for run in runs:
+        (outcome.skipped.append(run.config_hash) if run.config_hash in stored else todo.append(run))
+    todo = pending_first(todo)
+    bar = tqdm(total=len(todo), desc="sweep", unit="run", disable=not progress, dynamic_ncols=True)
+    try:
+        if jobs <= 1 and not gpus:
+            for run in todo:
+                bar.set_postfix_str(run.label)
+                _settle(outcome, run, _in_process(run, store_path, sweep))
+                bar.update()
+        else:
+            _with_workers(todo, store_path, sweep, max(jobs, 1), gpus, outcome, bar)
+    finally:
+        bar.close()
+    return outcome
+
+
+def _in_process(run: PlannedRun, store_path: Path, sweep: str | None) -> str:
+    try:
+        return run_and_record(run.config, run.run_dir, store_path, sweep, run.preset)
+    except OnebitError as exc:
+        return f"failed: {exc}"
+
+
+def _settle(outcome: Outcome, run: PlannedRun, status: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"{time.strftime('%H:%M:%S')} {status.split(':')[0]}: {run.label}")
+    if status == "done":
+        outcome.done.append(run.config_hash)
+    elif status == "skipped":
+        outcome.skipped.append(run.config_hash)
+    elif status == "busy":
+        outcome.busy.append(run.config_hash)
+    else:
+        outcome.failed[run.config_hash] = status.removeprefix("failed: ")
+        print(f"run {run.label} failed: {outcome.failed[run.config_hash]}", file=sys.stderr)
+
+
+def _with_workers(todo: list[PlannedRun], store_path: Path, sweep: str | None, jobs: int,
+                  gpus: list[str] | None, outcome: Outcome, bar: Any) -> None:
+    """Keep ``jobs`` worker processes busy; slot i uses GPU gpus[i % len(gpus)] when gpus are given."""
+    queue = list(todo)
+    active: dict[int, tuple[subprocess.Popen, PlannedRun, Any]] = {}
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    try:
+        while queue or active:
+            for slot in range(jobs):
+                if slot in active or not queue:
+                    continue
+                run = queue.pop(0)
+                cfg = run.config if run.config.num_threads or gpus else run.config.replace(num_threads=threads)
+                run.run_dir.mkdir(parents=True, exist_ok=True)
+                (run.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+                env = dict(os.environ)
+                if gpus:
+                    env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+                cmd = [sys.executable, "-m", "onebit.experiments.runner", "--store", str(store_path),
+                       str(run.run_dir)]
+                cmd += ["--sweep", sweep] if sweep else []
+                cmd += ["--preset", run.preset] if run.preset else []
+                log = open(run.run_dir / "log.txt", "a")
+                active[slot] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), run, log)
+            time.sleep(0.2)
+            for slot, (proc, run, log) in list(active.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                log.close()
+                del active[slot]
+                status = {0: "done", BUSY_EXIT: "busy", SKIPPED_EXIT: "skipped"}.get(code)
+                if status is None:
+                    status = f"failed: worker exited with code {code}; see {run.run_dir / 'log.txt'}"
+                _settle(outcome, run, status)
+                bar.update()
+    finally:
+        for proc, _, log in active.values():     # interrupted: stop workers; their checkpoints remain
+            proc.terminate()
+            proc.wait()
+            log.close()
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m onebit.experiments.runner",
+                                     description="Train one sweep run from RUN_DIR/config.json and record it.")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--store", type=Path, required=True)
+    parser.add_argument("--sweep", default=None)
+    parser.add_argument("--preset", default=None)
+    args = parser.parse_args(argv)
+    try:
+        cfg = TrainConfig.from_dict(json.loads((args.run_dir / "config.json").read_text()))
+        status = run_and_record(cfg, args.run_dir, args.store, args.sweep, args.preset)
+    except (OnebitError, OSError, ValueError) as exc:
+        print(f"run {args.run_dir}: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"run {args.run_dir}: {status}")
+    return {"busy": BUSY_EXIT, "skipped": SKIPPED_EXIT}.get(status, 0)
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())

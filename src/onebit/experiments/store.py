@@ -1,0 +1,203 @@
+"""The results store: one SQLite file holding every finished run and its per-epoch curve.
+
+Tables: ``runs`` (one row per finished run, keyed by the config hash: resolved config, seed, final and best
+metrics, wall time, training images/s, device, library versions, git commit) and ``epochs`` (one row per
+run and epoch: the metrics.jsonl line). The file is opened in WAL mode with a busy timeout, and a run is
+written in one ``BEGIN IMMEDIATE`` transaction with insert-or-ignore, so several processes (sweeps, or a
+sweep's parallel jobs) can record into one store at once and a run is recorded at most once.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from onebit.errors import OnebitError
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 60.0
+EPOCH_COLUMNS = ("train_loss", "train_acc", "lr", "images_per_s", "epoch_time_s", "val_acc", "val_top5",
+                 "val_loss", "test_acc", "test_top5", "test_loss", "elapsed_s")
+# Config fields copied into their own columns so that `onebit runs --where` and the report can filter on them.
+CONFIG_COLUMNS = ("dataset", "depth", "width", "norm", "weight_bits", "epochs", "schedule", "seed")
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS runs (
+    config_hash TEXT PRIMARY KEY,
+    sweep TEXT,
+    preset TEXT,
+    model TEXT NOT NULL,
+    dataset TEXT NOT NULL, depth INTEGER NOT NULL, width INTEGER NOT NULL, norm TEXT NOT NULL,
+    weight_bits INTEGER NOT NULL, epochs INTEGER NOT NULL, schedule TEXT NOT NULL, seed INTEGER NOT NULL,
+    config_json TEXT NOT NULL,
+    test_acc REAL, test_top5 REAL, test_loss REAL, val_acc REAL, val_top5 REAL, val_loss REAL,
+    best_metric TEXT, best_value REAL, best_epoch INTEGER,
+    final_json TEXT NOT NULL,
+    wall_time_s REAL, train_images_per_s REAL,
+    device TEXT, versions_json TEXT, git_commit TEXT,
+    run_dir TEXT, recorded_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    config_hash TEXT NOT NULL REFERENCES runs(config_hash) ON DELETE CASCADE,
+    epoch INTEGER NOT NULL,
+    {", ".join(f"{c} REAL" for c in EPOCH_COLUMNS)},
+    PRIMARY KEY (config_hash, epoch)
+);
+CREATE INDEX IF NOT EXISTS runs_by_variant ON runs (dataset, depth, width, norm, weight_bits);
+"""
+
+
+class StoreError(OnebitError):
+    """The results store is unreadable, corrupt or from an unknown schema."""
+
+
+@dataclass
+class RunRecord:
+    """Everything recorded about one finished run."""
+
+    config_hash: str
+    config: dict[str, Any]
+    final: dict[str, Any]                 # results.json of the run
+    epochs: list[dict[str, Any]]          # metrics.jsonl rows
+    wall_time_s: float | None = None
+    train_images_per_s: float | None = None
+    device: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    git_commit: str | None = None
+    sweep: str | None = None
+    preset: str | None = None
+    run_dir: str | None = None
+    recorded_at: str = ""
+
+    @property
+    def model(self) -> str:
+        c = self.config
+        return f"wrn-{c['depth']}-{c['width']}-{'bn' if c['norm'] == 'bn' else 'srelu'}-{c['weight_bits']}bit"
+
+
+class ResultsStore:
+    """A SQLite results store; safe to share between processes. Use as a context manager or close()."""
+
+    def __init__(self, path: str | Path, create: bool = True):
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise StoreError(f"results store {self.path} not found")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.execute("PRAGMA foreign_keys = ON")
+            self._init_schema()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: not a usable results store ({exc})") from None
+
+    def _init_schema(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            raise StoreError(f"{self.path}: schema version {version}, this onebit reads {SCHEMA_VERSION}")
+        if version == 0:
+            with self.transaction():
+                for statement in filter(str.strip, SCHEMA.split(";")):
+                    self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on error): takes the write lock up front."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "ResultsStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----- writing -----
+    def record(self, rec: RunRecord) -> bool:
+        """Insert ``rec`` unless its config hash is already stored; True if it was inserted."""
+        final = rec.final
+        best = final.get("best") or {}
+        best_metric = next((k for k in best if k != "epoch"), None)
+        row = {
+            "config_hash": rec.config_hash, "sweep": rec.sweep, "preset": rec.preset, "model": rec.model,
+            **{c: rec.config[c] for c in CONFIG_COLUMNS},
+            "config_json": json.dumps(rec.config, sort_keys=True),
+            **{k: final.get(k) for k in ("test_acc", "test_top5", "test_loss", "val_acc", "val_top5",
+                                         "val_loss")},
+            "best_metric": best_metric, "best_value": best.get(best_metric) if best_metric else None,
+            "best_epoch": best.get("epoch"), "final_json": json.dumps(final, sort_keys=True),
+            "wall_time_s": rec.wall_time_s, "train_images_per_s": rec.train_images_per_s,
+            "device": rec.device, "versions_json": json.dumps(rec.versions, sort_keys=True),
+            "git_commit": rec.git_commit, "run_dir": rec.run_dir,
+            "recorded_at": rec.recorded_at or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        with self.transaction() as db:
+            cur = db.execute(f"INSERT OR IGNORE INTO runs ({', '.join(row)}) "
+                             f"VALUES ({', '.join('?' * len(row))})", list(row.values()))
+            if cur.rowcount != 1:
+                return False
+            cols = ("config_hash", "epoch", *EPOCH_COLUMNS)
+            db.executemany(f"INSERT INTO epochs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                           [(rec.config_hash, int(e["epoch"]), *(e.get(c) for c in EPOCH_COLUMNS))
+                            for e in rec.epochs])
+        return True
+
+    # ----- reading -----
+    def has(self, config_hash: str) -> bool:
+        return self.db.execute("SELECT 1 FROM runs WHERE config_hash = ?", (config_hash,)).fetchone() is not None
+
+    def hashes(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT config_hash FROM runs")}
+
+    def runs(self, where: list[tuple[str, str, Any]] | None = None) -> list[dict[str, Any]]:
+        """Stored runs as dicts (``config``, ``final``, ``versions`` decoded), oldest first.
+
+        ``where``: (key, op, value) triples ANDed together; key is a column of ``runs`` or any config
+        option (matched in the stored config), op one of = != < <= > >=.
+        """
+        clauses, params = [], []
+        columns = self.columns()
+        for key, op, value in where or []:
+            if op not in ("=", "!=", "<", "<=", ">", ">="):
+                raise StoreError(f"unknown comparison {op!r}")
+            if key in columns:
+                clauses.append(f"{key} {op} ?")
+            elif key.isidentifier():
+                clauses.append(f"json_extract(config_json, '$.{key}') {op} ?")
+            else:
+                raise StoreError(f"cannot filter on {key!r}")
+            params.append(value)
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(clauses) if clauses else "")
+        rows = self.db.execute(sql + " ORDER BY recorded_at, rowid", params).fetchall()
+        return [self._decode(r) for r in rows]
+
+    def epochs(self, config_hash: str) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM epochs WHERE config_hash = ? ORDER BY epoch", (config_hash,))
+        return [{k: r[k] for k in r.keys() if k != "config_hash"} for r in rows]
+
+    def columns(self) -> list[str]:
+        return [r[1] for r in self.db.execute("PRAGMA table_info(runs)")]
+
+    @staticmethod
+    def _decode(row: sqlite3.Row) -> dict[str, Any]:
+        out = {k: row[k] for k in row.keys()}
+        out["config"] = json.loads(out.pop("config_json"))
+        out["final"] = json.loads(out.pop("final_json"))
+        out["versions"] = json.loads(out.pop("versions_json") or "{}")
+        return out

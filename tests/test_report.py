@@ -1,0 +1,167 @@
+"""The report from a small store of real tiny runs: tables checked against the stored numbers; statistics."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from onebit.cli import main
+from onebit.experiments.stats import Summary, welch_interval
+from onebit.experiments.store import ResultsStore
+from onebit.models import WRNConfig, build_model
+
+
+def table_rows(markdown: str, heading: str) -> list[dict[str, str]]:
+    """The rows of the first table after ``heading``, as {column header: cell}."""
+    lines = [ln for ln in markdown.split(heading, 1)[1].splitlines()]
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("|"))
+    table = []
+    for ln in lines[start:]:
+        if not ln.startswith("|"):
+            break
+        table.append([c.strip() for c in ln.strip().strip("|").split("|")])
+    header, body = table[0], table[2:]
+    return [dict(zip(header, row)) for row in body]
+
+
+def parse_pm(cell: str) -> tuple[float, float]:
+    mean, _, std = cell.partition(" ± ")
+    return float(mean), float(std) if std else math.nan
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> tuple[Path, str]:
+    """A store of 6 real tiny runs (BN / shifted ReLU x seeds 0,1 at 1 bit; one seed of each at 32 bits)
+    and the report written from it."""
+    import numpy as np
+
+    from conftest import write_cifar_batch
+
+    root = tmp_path_factory.mktemp("report")
+    rng = np.random.default_rng(0)
+    folder = root / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i in range(1, 6):
+        write_cifar_batch(folder / f"data_batch_{i}", rng.integers(0, 256, (40, 3, 32, 32)),
+                          rng.integers(0, 10, 40).tolist())
+    write_cifar_batch(folder / "test_batch", rng.integers(0, 256, (50, 3, 32, 32)), rng.integers(0, 10, 50).tolist())
+    sweep = root / "tiny.toml"
+    sweep.write_text("""
+[base]
+data_dir = "data"
+depth = 8
+width = 1
+epochs = 2
+batch_size = 40
+val_size = 40
+device = "cpu"
+num_threads = 1
+[grid]
+weight_bits = [1, 32]
+norm = ["bn", "none"]
+seed = [0, 1]
+[[rule]]
+when = {norm = "bn"}
+set = {schedule = "restarts", first_cycle = 1}
+[[exclude]]
+weight_bits = 32
+seed = 1
+""")
+    assert main(["sweep", str(sweep), "--no-progress"]) == 0
+    assert main(["report", str(root / "runs.db"), "-o", str(root / "out")]) == 0
+    return root, (root / "out" / "report.md").read_text()
+
+
+def stored(root: Path, **where) -> list[dict]:
+    with ResultsStore(root / "runs.db") as store:
+        return store.runs([(k, "=", v) for k, v in where.items()])
+
+
+def test_error_table_matches_the_stored_runs(study):
+    root, report = study
+    rows = table_rows(report, "## CIFAR-10: error rates")
+    assert len(rows) == 4
+    assert [r["schedule"] for r in rows] == ["restarts", "restarts", "cosine", "cosine"]   # varying settings shown
+    for row in rows:
+        network, design, bits, n = row["network"], row["design"], int(row["weight bits"]), int(row["n"])
+        test_err, val_err = row["test error % (mean ± std)"], row["validation error %"]
+        assert network == "WRN-8-1"
+        runs = stored(root, norm="bn" if design == "BN" else "none", weight_bits=bits)
+        assert n == len(runs) == (2 if bits == 1 else 1)
+        err = np.array([1 - r["test_acc"] for r in runs]) * 100
+        mean, std = parse_pm(test_err)
+        assert mean == pytest.approx(err.mean(), abs=0.006)
+        if n > 1:
+            assert std == pytest.approx(err.std(ddof=1), abs=0.006)
+        else:
+            assert math.isnan(std)
+        val = np.array([1 - r["val_acc"] for r in runs]) * 100
+        assert parse_pm(val_err)[0] == pytest.approx(val.mean(), abs=0.006)
+        assert row["published test error %"] == "–"           # no published number for WRN-8-1
+
+
+def test_margin_table_and_sentences_match_the_stored_runs(study):
+    root, report = study
+    rows = table_rows(report, "## The margin of BN over shifted ReLU")
+    assert [(r["network"], r["weight bits"]) for r in rows] == [("WRN-8-1", "1"), ("WRN-8-1", "32")]
+    bn = np.array([r["test_acc"] for r in stored(root, norm="bn", weight_bits=1)])
+    sr = np.array([r["test_acc"] for r in stored(root, norm="none", weight_bits=1)])
+    assert float(rows[0]["margin (points)"]) == pytest.approx(100 * (bn.mean() - sr.mean()), abs=0.006)
+    res = stats.ttest_ind(bn, sr, equal_var=False)
+    sentences = [line for line in report.splitlines() if line.startswith("* On CIFAR-10")]
+    assert len(sentences) == 2
+    if bn.std() or sr.std():
+        ci = res.confidence_interval(0.95)
+        low, high = (float(x) for x in re.findall(r"[+-]\d+\.\d+", rows[0]["95% CI"]))
+        assert low == pytest.approx(100 * ci.low, abs=0.006) and high == pytest.approx(100 * ci.high, abs=0.006)
+        significant = ci.low > 0 or ci.high < 0
+        assert rows[0]["significant"] == ("yes" if significant else "no")
+        assert ("excludes 0" if significant else "includes 0") in sentences[0]
+    assert rows[1]["95% CI"] == "–" and "no confidence interval" in sentences[1]      # one seed each at 32 bits
+
+
+def test_cost_table_and_figures(study):
+    root, report = study
+    rows = table_rows(report, "## Cost")
+    assert len(rows) == 4
+    for row in rows:
+        norm = "bn" if row["design"] == "BN" else "none"
+        bits = int(row["weight bits"])
+        model = build_model(WRNConfig(depth=8, width=1, num_classes=10, norm=norm, weight_bits=bits))
+        assert int(row["parameters"].replace(",", "")) == sum(p.numel() for p in model.parameters()) + sum(
+            b.numel() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var")))
+        rates = [r["train_images_per_s"] for r in stored(root, norm=norm, weight_bits=bits)]
+        assert float(row["training images/s"].split(" ± ")[0]) == pytest.approx(np.mean(rates), abs=0.5)
+        assert (int(row["BN ops / image"].replace(",", "")) > 0) == (norm == "bn")   # BN ops only in the BN design
+    pngs = sorted(p.name for p in (root / "out" / "figures").glob("*.png"))
+    assert pngs == ["curves-cifar10-wrn8-1.png", "error-vs-width-cifar10-d8.png", "lr-schedules.png"]
+    for name in pngs:
+        assert (root / "out" / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"(figures/{name})" in report
+
+
+def test_welch_interval_and_summary():
+    a, b = np.array([0.61, 0.63, 0.62]), np.array([0.58, 0.60, 0.57])
+    low, high, p, dof = welch_interval(a, b)
+    # by hand: Welch-Satterthwaite
+    va, vb = a.var(ddof=1) / 3, b.var(ddof=1) / 3
+    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2)
+    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    d = a.mean() - b.mean()
+    assert (low, high, dof) == pytest.approx((d - half, d + half, df))
+    assert 0 < p < 0.05
+    assert all(math.isnan(x) for x in welch_interval(a, b[:1]))
+    assert Summary.of(np.array([0.5])).n == 1 and math.isnan(Summary.of(np.array([0.5])).std)
+
+
+def test_report_of_missing_or_empty_store_is_an_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "none.db"), "-o", str(tmp_path / "out")]) == 1
+    assert "not found" in capsys.readouterr().err
+    ResultsStore(tmp_path / "empty.db").close()
+    assert main(["report", str(tmp_path / "empty.db"), "-o", str(tmp_path / "out")]) == 1
+    assert "no runs" in capsys.readouterr().err

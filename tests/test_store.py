@@ -1,0 +1,125 @@
+"""The SQLite results store: round trip, insert-or-ignore, filters, corrupt files, concurrent writers."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from onebit.cli import main
+from onebit.experiments.store import ResultsStore, RunRecord, StoreError
+from onebit.train.config import TrainConfig
+
+
+def make_record(seed: int, norm: str = "none", epochs: int = 2, acc: float = 0.5) -> RunRecord:
+    cfg = TrainConfig(depth=8, width=1, norm=norm, epochs=epochs, seed=seed, val_size=40)
+    curve = [{"epoch": e + 1, "train_loss": 2.0 - 0.1 * e, "train_acc": 0.2 + 0.1 * e, "lr": 0.1 / (e + 1),
+              "images_per_s": 100.0 + e, "epoch_time_s": 2.0, "val_acc": acc - 0.01 * (epochs - 1 - e),
+              "test_acc": acc, "elapsed_s": 2.5 * (e + 1)} for e in range(epochs)]
+    final = {"epochs": epochs, "test_acc": acc, "test_top5": 0.9, "test_loss": 1.5, "val_acc": acc - 0.02,
+             "best": {"val_acc": acc, "epoch": epochs}, "elapsed_s": 5.0, "config_hash": cfg.hash()}
+    return RunRecord(cfg.hash(), cfg.to_dict(), final, curve, wall_time_s=5.0, train_images_per_s=100.5,
+                     device="cpu", versions={"torch": "x"}, git_commit="abc", sweep="t")
+
+
+def test_round_trip_and_insert_or_ignore(tmp_path):
+    rec = make_record(0, acc=0.61)
+    with ResultsStore(tmp_path / "r.db") as store:
+        assert store.record(rec) is True
+        assert store.record(make_record(0, acc=0.99)) is False      # same config hash: first one kept
+        assert store.has(rec.config_hash) and store.hashes() == {rec.config_hash}
+        (row,) = store.runs()
+        assert row["test_acc"] == 0.61 and row["val_acc"] == pytest.approx(0.59)
+        assert row["best_metric"] == "val_acc" and row["best_value"] == 0.61 and row["best_epoch"] == 2
+        assert row["config"] == rec.config and row["final"] == rec.final
+        assert row["model"] == "wrn-8-1-srelu-1bit" and row["seed"] == 0 and row["depth"] == 8
+        assert row["versions"] == {"torch": "x"} and row["git_commit"] == "abc"
+        epochs = store.epochs(rec.config_hash)
+        assert [e["epoch"] for e in epochs] == [1, 2]
+        assert epochs[1]["lr"] == pytest.approx(0.05) and epochs[0]["val_top5"] is None
+    with sqlite3.connect(tmp_path / "r.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_filters_on_columns_and_config_options(tmp_path):
+    with ResultsStore(tmp_path / "r.db") as store:
+        for seed in range(3):
+            for norm in ("bn", "none"):
+                store.record(make_record(seed, norm))
+        assert len(store.runs([("norm", "=", "bn")])) == 3
+        assert {r["seed"] for r in store.runs([("seed", ">=", 1), ("norm", "!=", "bn")])} == {1, 2}
+        assert len(store.runs([("val_size", "=", 40)])) == 6                      # a config option
+        assert store.runs([("val_size", "=", 41)]) == []
+        with pytest.raises(StoreError):
+            store.runs([("seed", "LIKE", 1)])
+        with pytest.raises(StoreError):
+            store.runs([("seed; DROP TABLE runs", "=", 1)])
+
+
+def test_runs_command_lists_and_filters(tmp_path, capsys):
+    with ResultsStore(tmp_path / "r.db") as store:
+        store.record(make_record(0, "bn", acc=0.75))
+        store.record(make_record(1, "none", acc=0.5))
+    assert main(["runs", str(tmp_path / "r.db"), "--where", "norm=bn"]) == 0
+    out = capsys.readouterr().out
+    assert "wrn-8-1-bn-1bit" in out and "25.00" in out and "srelu" not in out and "1 run(s)" in out
+    assert main(["runs", str(tmp_path / "r.db"), "--where", "seed>0", "--json"]) == 0
+    assert '"seed": 1' in capsys.readouterr().out
+    assert main(["runs", str(tmp_path / "missing.db")]) == 1
+    assert "not found" in capsys.readouterr().err
+    assert main(["runs", str(tmp_path / "r.db"), "--where", "seed~1"]) == 1
+
+
+def test_corrupt_or_foreign_store_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a usable results store"):
+        ResultsStore(bad)
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreError, match="schema version 99"):
+        ResultsStore(other)
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from test_store import make_record
+from onebit.experiments.store import ResultsStore
+go = Path({go!r})
+while not go.exists():
+    time.sleep(0.01)
+store = ResultsStore({db!r})
+inserted = sum(store.record(make_record(seed, acc=seed / 1000)) for seed in range({start}, {stop}))
+print(inserted)
+"""
+
+
+def test_two_processes_writing_at_once_do_not_corrupt_the_store(tmp_path):
+    db, go = tmp_path / "shared.db", tmp_path / "go"
+    ranges = [(0, 120), (80, 200)]              # seeds 80..119 are written by both
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER.format(tests=str(Path(__file__).parent), go=str(go),
+                                                                   db=str(db), start=a, stop=b)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for a, b in ranges]
+    time.sleep(0.5)
+    go.touch()
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    inserted = [int(o[0]) for o in outs]
+    assert sum(inserted) == 200                 # each overlapping run recorded exactly once
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 200
+        assert conn.execute("SELECT COUNT(*) FROM epochs").fetchone()[0] == 400
+        orphans = conn.execute("SELECT COUNT(*) FROM epochs WHERE config_hash NOT IN "
+                               "(SELECT config_hash FROM runs)").fetchone()[0]
+        assert orphans == 0
+    with ResultsStore(db) as store:
+        assert sorted(r["seed"] for r in store.runs()) == list(range(200))
+        assert all(r["test_acc"] == r["seed"] / 1000 for r in store.runs())

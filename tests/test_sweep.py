@@ -1,0 +1,203 @@
+"""Sweep files: grid expansion, bad files, and executing real tiny runs (skip on resume, resume, workers)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from onebit.cli import main
+from onebit.errors import ConfigError
+from onebit.experiments.runner import execute, run_and_record, run_lock
+from onebit.experiments.store import ResultsStore
+from onebit.experiments.sweep import load_sweep, resolve_path
+from onebit.presets import PRESETS
+from onebit.train.loop import train
+
+GRID = """
+[sweep]
+name = "grid-test"
+runs = "out/runs"
+
+[base]
+preset = "cifar10-tiny"
+epochs = 2
+data_dir = "data/c10"
+
+[grid]
+norm = ["bn", "none"]
+weight_bits = [1, 32]
+seed = [0, 1]
+
+[[rule]]
+when = {norm = "bn"}
+set = {schedule = "restarts", first_cycle = 1}
+
+[[exclude]]
+norm = "bn"
+weight_bits = 32
+seed = [1]
+
+[[include]]
+depth = 14
+width = 2
+norm = "none"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "s.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_grid_expands_in_order_with_preset_base_rules_exclude_and_include(tmp_path):
+    sweep = load_sweep(write(tmp_path, GRID))
+    runs = sweep.expand()
+    points = [(r.config.norm, r.config.weight_bits, r.config.seed, r.config.depth) for r in runs]
+    # 8 grid points minus the excluded (bn, 32, seed 1), last axis fastest, then the include
+    assert points == [("bn", 1, 0, 8), ("bn", 1, 1, 8), ("bn", 32, 0, 8),
+                      ("none", 1, 0, 8), ("none", 1, 1, 8), ("none", 32, 0, 8), ("none", 32, 1, 8),
+                      ("none", 1, 0, 14)]
+    preset = PRESETS["cifar10-tiny"][1]
+    for r in runs:
+        assert r.config.epochs == 2                       # base overrides the preset
+        assert r.config.train_limit == preset["train_limit"]
+        assert r.config.schedule == ("restarts" if r.config.norm == "bn" else "cosine")
+        assert r.config.first_cycle == (1 if r.config.norm == "bn" else 2)
+        assert r.config.data_dir == str((tmp_path / "data" / "c10").resolve())
+        assert r.run_dir == tmp_path / "out" / "runs" / r.config_hash
+        assert r.config_hash == r.config.hash()
+        assert r.preset == "cifar10-tiny"
+    assert runs[-1].config.width == 2 and runs[-1].point == {"depth": 14, "width": 2, "norm": "none"}
+    assert len({r.config_hash for r in runs}) == len(runs)
+    assert sweep.name == "grid-test" and sweep.store == tmp_path / "runs.db"
+
+
+def test_preset_axis_and_duplicates(tmp_path):
+    text = """
+[base]
+epochs = 3
+[grid]
+preset = ["cifar10-wrn20-10-bn-1bit", "cifar10-wrn20-10-srelu-32bit", "cifar10-wrn20-10-bn-1bit"]
+"""
+    runs = load_sweep(write(tmp_path, text)).expand()
+    assert [(r.config.norm, r.config.weight_bits, r.config.schedule, r.config.epochs) for r in runs] == \
+        [("bn", 1, "restarts", 3), ("none", 32, "cosine", 3)]
+    assert [r.preset for r in runs] == ["cifar10-wrn20-10-bn-1bit", "cifar10-wrn20-10-srelu-32bit"]
+    assert runs[0].run_dir == tmp_path / "s-runs" / runs[0].config_hash
+
+
+def test_data_dir_environment_and_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("ONEBIT_TEST_DATA", raising=False)
+    assert resolve_path("${ONEBIT_TEST_DATA:-rel/dir}", tmp_path) == str(tmp_path / "rel" / "dir")
+    monkeypatch.setenv("ONEBIT_TEST_DATA", "/abs/data")
+    assert resolve_path("${ONEBIT_TEST_DATA:-rel/dir}", tmp_path) == "/abs/data"
+    assert resolve_path("$ONEBIT_TEST_DATA/c10", tmp_path) == "/abs/data/c10"
+    monkeypatch.delenv("ONEBIT_TEST_DATA")
+    with pytest.raises(ConfigError, match="not set"):
+        resolve_path("${ONEBIT_TEST_DATA}", tmp_path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[base]\ndeepth = 8\n", "unknown option"),
+    ("[grid]\ndepth = 8\n", "non-empty list"),
+    ("[grid]\ndepth = []\n", "non-empty list"),
+    ("[gird]\ndepth = [8]\n", "unknown table"),
+    ("[base\ndepth = 8\n", "not valid TOML"),
+    ("[base]\npreset = \"nope\"\n", "unknown preset"),
+    ("[base]\ndepth = 9\n", "6n\\+2"),
+    ("[base]\ndepth = \"eight\"\n", "wrong type"),
+    ("[[rule]]\nwhen = {norm = \"bn\"}\n[base]\ndepth = 8\n", "when. table and a .set"),
+    ("[sweep]\nname = \"x\"\n", "needs a"),
+])
+def test_bad_sweep_files_raise_config_errors(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_sweep(write(tmp_path, text)).expand()
+
+
+def test_cli_reports_bad_sweep_in_one_line(tmp_path, capsys):
+    assert main(["sweep", str(tmp_path / "missing.toml")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("onebit sweep: error:") and "not found" in err and "\n" not in err
+
+
+def tiny_sweep(tmp_path: Path, data: Path, seeds: list[int]) -> Path:
+    return write(tmp_path, f"""
+[base]
+data_dir = "{data}"
+depth = 8
+width = 1
+epochs = 2
+batch_size = 50
+val_size = 40
+eval_batch_size = 100
+device = "cpu"
+num_threads = 1
+[grid]
+norm = ["none"]
+seed = {json.dumps(seeds)}
+""")
+
+
+def test_sweep_records_skips_stored_runs_and_resumes_an_interrupted_one(tmp_path, tiny_cifar10, capsys):
+    path = tiny_sweep(tmp_path, tiny_cifar10, [0, 1])
+    assert main(["sweep", str(path), "--no-progress"]) == 0
+    store_path = tmp_path / "runs.db"
+    with ResultsStore(store_path) as store:
+        first = {r["config_hash"]: r for r in store.runs()}
+    assert len(first) == 2
+    results_files = {h: (tmp_path / "s-runs" / h / "results.json") for h in first}
+    mtimes = {h: f.stat().st_mtime_ns for h, f in results_files.items()}
+
+    # A third seed is interrupted after its first epoch (checkpoint kept, no results).
+    path = tiny_sweep(tmp_path, tiny_cifar10, [0, 1, 2])
+    runs = load_sweep(path).expand()
+    third = runs[2]
+    train(third.config, third.run_dir, progress=False, stop_after=1)
+    assert (third.run_dir / "checkpoint.safetensors").is_file() and not (third.run_dir / "results.json").exists()
+
+    outcome = execute(runs, store_path, "s", progress=False)
+    assert outcome.skipped == [r.config_hash for r in runs[:2]]
+    assert outcome.done == [third.config_hash] and not outcome.failed and not outcome.busy
+    assert {h: f.stat().st_mtime_ns for h, f in results_files.items()} == mtimes   # not retrained
+    with ResultsStore(store_path) as store:
+        resumed = store.runs([("seed", "=", 2)])[0]
+        epochs = store.epochs(third.config_hash)
+    assert [e["epoch"] for e in epochs] == [1, 2]
+
+    # The resumed run ends exactly where an uninterrupted run of the same config ends.
+    fresh = train(third.config, tmp_path / "fresh", progress=False)
+    assert resumed["test_acc"] == pytest.approx(fresh["test_acc"], abs=1e-9)
+    assert resumed["val_acc"] == pytest.approx(fresh["val_acc"], abs=1e-9)
+
+    # Running the whole sweep again does nothing.
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--no-progress"]) == 0
+    assert "done 0, already stored 3" in capsys.readouterr().out
+
+
+def test_locked_run_is_left_to_its_owner(tmp_path, tiny_cifar10):
+    run = load_sweep(tiny_sweep(tmp_path, tiny_cifar10, [0])).expand()[0]
+    with run_lock(run.run_dir) as mine:
+        assert mine
+        # flock locks belong to the open file description: a second open in this process conflicts too
+        assert run_and_record(run.config, run.run_dir, tmp_path / "runs.db") == "busy"
+    assert not (run.run_dir / "checkpoint.safetensors").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
+def test_jobs_run_as_worker_processes_that_record_into_the_store(tmp_path, tiny_cifar10, capsys):
+    path = tiny_sweep(tmp_path, tiny_cifar10, [0, 1])
+    assert main(["sweep", str(path), "--jobs", "2", "--no-progress"]) == 0
+    assert "done 2" in capsys.readouterr().out
+    with ResultsStore(tmp_path / "runs.db") as store:
+        rows = store.runs()
+        assert sorted(r["seed"] for r in rows) == [0, 1]
+        assert all(len(store.epochs(r["config_hash"])) == 2 for r in rows)
+    for r in rows:
+        log = (Path(r["run_dir"]) / "log.txt").read_text()
+        assert "done" in log
+        assert json.loads((Path(r["run_dir"]) / "config.json").read_text())["num_threads"] >= 1
