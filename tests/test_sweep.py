@@ -201,3 +201,36 @@ def test_jobs_run_as_worker_processes_that_record_into_the_store(tmp_path, tiny_
         log = (Path(r["run_dir"]) / "log.txt").read_text()
         assert "done" in log
         assert json.loads((Path(r["run_dir"]) / "config.json").read_text())["num_threads"] >= 1
+
+
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+
+
+def test_shipped_sweep_files_expand(monkeypatch):
+    from onebit.presets import get_preset
+
+    monkeypatch.setenv("ONEBIT_DATA", "/somewhere/data")
+    paper = load_sweep(SWEEPS / "paper-wrn20-10.toml").expand()
+    assert len(paper) == 24 and {r.config.epochs for r in paper} == {254, 300}
+    assert all(r.config_hash == get_preset(r.preset, seed=r.config.seed).hash() for r in paper)
+    sizes = load_sweep(SWEEPS / "iclr-sizes.toml").expand()
+    assert {(r.config.depth, r.config.width) for r in sizes} == {(20, 4), (26, 10)} and len(sizes) == 32
+    for r in sizes:       # the same recipe as the paper presets
+        preset = get_preset(f"{r.config.dataset}-wrn20-10-{'bn' if r.config.norm == 'bn' else 'srelu'}-"
+                            f"{r.config.weight_bits}bit", depth=r.config.depth, width=r.config.width,
+                            seed=r.config.seed)
+        assert r.config_hash == preset.hash()
+    cpu = load_sweep(SWEEPS / "cpu-study.toml")
+    runs = cpu.expand()
+    assert len(runs) == 12 and {r.config.seed for r in runs} == {0, 1, 2}
+    assert {(r.config.norm, r.config.schedule) for r in runs} == {("bn", "restarts"), ("none", "cosine")}
+    assert all(r.config.data_dir == "/somewhere/data" and r.config.val_size == 5000 for r in runs)
+    assert cpu.store == SWEEPS.parent / "docs" / "results" / "cpu-study" / "runs.db"
+
+
+def test_dry_run_lists_runs_and_creates_nothing(tmp_path, tiny_cifar10, capsys):
+    path = tiny_sweep(tmp_path, tiny_cifar10, [0, 1])
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("to run") == 2 and "2 runs, 0 stored" in out
+    assert not (tmp_path / "runs.db").exists() and not (tmp_path / "s-runs").exists()

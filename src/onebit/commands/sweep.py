@@ -59,8 +59,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--jobs must be >= 1")
     gpus = visible_gpus(args.gpus) if args.gpus else None
     jobs = args.jobs or (len(gpus) if gpus else 1)
-    with ResultsStore(store_path) as store:
-        stored = store.hashes()
+    stored: set[str] = set()
+    if store_path.is_file() or not args.dry_run:          # a dry run creates nothing
+        with ResultsStore(store_path) as store:
+            stored = store.hashes()
     if args.dry_run:
         for r in planned:
             state = "stored" if r.config_hash in stored else (
