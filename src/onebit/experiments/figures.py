@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -41,10 +42,11 @@ def error_vs_width(variants: list[Variant], title: str, path: Path) -> Path:
             std = 0.0 if np.isnan(s.std) else 100 * s.std
             lines.setdefault((v.settings["norm"], v.settings["weight_bits"]), []).append(
                 (v.settings["width"], 100 * (1 - s.mean), std))
-    for (norm, bits), points in sorted(lines.items()):
+    for i, ((norm, bits), points) in enumerate(sorted(lines.items())):
         points.sort()
         color, marker, dash = STYLE.get((norm, bits), ("tab:gray", "x", ":"))
         x, y, e = zip(*points)
+        x = [w * (1 + 0.02 * (i - 1.5)) for w in x]          # a small offset keeps error bars apart
         ax.errorbar(x, y, yerr=e, color=color, marker=marker, linestyle=dash, capsize=3,
                     label=f"{design_name(norm)}, {bits}-bit")
     widths = sorted({v.settings["width"] for v in variants})
@@ -81,6 +83,7 @@ def learning_curves(variants: list[Variant], epochs_of: Callable[[str], list[dic
                 ax.plot(np.arange(1, n + 1), mean, color=color, linestyle=dash, linewidth=2,
                         label=f"{name} (mean of {len(curves)})")
         ax.set_title(v.label, fontsize=10)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("error (%)")
         ax.grid(alpha=0.3)

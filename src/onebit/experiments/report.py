@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from onebit.experiments import figures
-from onebit.experiments.stats import (CONFIDENCE, Margin, Summary, Variant, design_name, group_variants,
-                                      margins, varying_settings)
+from onebit.experiments.stats import (CONFIDENCE, Margin, Summary, Variant, config_with_defaults, design_name,
+                                      group_variants, margins, varying_settings)
 from onebit.experiments.store import ResultsStore
 from onebit.export.summary import summarize
 from onebit.models import WRNConfig
@@ -77,6 +77,15 @@ def error_table(variants: list[Variant]) -> str:
                      mean_std(v.summary("test_acc")), mean_std(v.summary("val_acc")),
                      ", ".join(map(str, best)) or "–", published_error(s)])
     return markdown_table(header, rows)
+
+
+def shared_settings(variants: list[Variant]) -> str:
+    """The settings every variant shares that differ from TrainConfig's defaults, as ``key value`` pairs."""
+    shown = {"dataset", "depth", "width", "norm", "weight_bits"} | set(varying_settings(variants))
+    defaults = config_with_defaults({})
+    common = {k: v for k, v in variants[0].settings.items()
+              if k not in shown and all(o.settings.get(k) == v for o in variants) and defaults.get(k) != v}
+    return ", ".join(f"{k} {_fmt_setting(v)}" for k, v in sorted(common.items())) or "the defaults"
 
 
 def margin_sentence(m: Margin) -> str:
@@ -180,7 +189,9 @@ def write_report(store_path: str | Path, out_dir: str | Path, where: list[tuple[
     for dataset in sorted({v.settings["dataset"] for v in variants}):
         subset = [v for v in variants if v.settings["dataset"] == dataset]
         name = DATASET_NAMES.get(dataset, dataset)
-        out += [f"## {name}: error rates", "", error_table(subset), ""]
+        out += [f"## {name}: error rates", "", error_table(subset), "",
+                f"Settings shared by these runs (where not the defaults of `onebit train`): "
+                f"{shared_settings(subset)}.", ""]
     ms = margins(variants)
     out += ["## The margin of BN over shifted ReLU", "",
             "Accuracy of the BN design minus that of the shifted-ReLU design (points), for the same dataset, "
