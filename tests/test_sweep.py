@@ -234,3 +234,29 @@ def test_dry_run_lists_runs_and_creates_nothing(tmp_path, tiny_cifar10, capsys):
     out = capsys.readouterr().out
     assert out.count("to run") == 2 and "2 runs, 0 stored" in out
     assert not (tmp_path / "runs.db").exists() and not (tmp_path / "s-runs").exists()
+
+
+def test_killed_sweep_resumes_and_records_every_epoch_once(tmp_path, tiny_cifar10):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tiny_sweep(tmp_path, tiny_cifar10, [0, 1])
+    path.write_text(path.read_text().replace("epochs = 2", "epochs = 4"))
+    runs = load_sweep(path).expand()
+    proc = subprocess.Popen([sys.executable, "-m", "onebit", "sweep", str(path), "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (runs[0].run_dir / "checkpoint.safetensors").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)         # no clean-up at all
+    proc.wait()
+    assert (runs[0].run_dir / "checkpoint.safetensors").exists()
+    assert main(["sweep", str(path), "--no-progress"]) == 0
+    with ResultsStore(tmp_path / "runs.db") as store:
+        assert store.hashes() == {r.config_hash for r in runs}
+        for r in runs:
+            assert [e["epoch"] for e in store.epochs(r.config_hash)] == list(range(1, 5))
+    metrics = (runs[0].run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in metrics] == list(range(1, 5))

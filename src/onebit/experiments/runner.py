@@ -178,7 +178,7 @@ def execute(runs: list[PlannedRun], store_path: Path, sweep: str | None = None, 
         if jobs <= 1 and not gpus:
             for run in todo:
                 bar.set_postfix_str(run.label)
-                _settle(outcome, run, _in_process(run, store_path, sweep))
+                _settle(outcome, run, _in_process(run, store_path, sweep, progress))
                 bar.update()
         else:
             _with_workers(todo, store_path, sweep, max(jobs, 1), gpus, outcome, bar)
@@ -187,9 +187,9 @@ def execute(runs: list[PlannedRun], store_path: Path, sweep: str | None = None, 
     return outcome
 
 
-def _in_process(run: PlannedRun, store_path: Path, sweep: str | None) -> str:
+def _in_process(run: PlannedRun, store_path: Path, sweep: str | None, progress: bool) -> str:
     try:
-        return run_and_record(run.config, run.run_dir, store_path, sweep, run.preset)
+        return run_and_record(run.config, run.run_dir, store_path, sweep, run.preset, progress)
     except OnebitError as exc:
         return f"failed: {exc}"
 
