@@ -14,4 +14,5 @@ COMMAND_MODULES = [
     "onebit.commands.sweep",
     "onebit.commands.runs",
     "onebit.commands.report",
+    "onebit.commands.bench",
 ]

@@ -11,6 +11,7 @@
 
 #define OB_MR 8
 #define OB_KERNEL_NAME "avx512"
+#define OB_KERNEL_AVX512_INT 1    /* onebit.c: vector integer epilogue */
 
 /* float vector ops for the fused epilogues (onebit.c): the scalar epilogue's operations, 16 lanes */
 #define OB_VW 16

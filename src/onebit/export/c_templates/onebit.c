@@ -258,6 +258,127 @@ static int64_t ob_pool_q(const int16_t *r, const ob_layer *L, int oy, int ox, in
     return ob_rq(s, L->q_pool_m[count], L->q_pool_sh);
 }
 
+#if defined(OB_KERNEL_AVX512_INT)
+/* AVX-512 form of ob_epi_q for full 32-channel blocks: the same int64 arithmetic, 8 lanes per vector
+ * (products of int32 values by int32 multipliers with vpmuldq), so results are identical. */
+typedef struct { __m512i lo, hi; } ob_q16;        /* 16 channels as two vectors of 8 int64 */
+
+static ob_q16 ob_q_widen32(__m512i v)
+{
+    ob_q16 r;
+    r.lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v));
+    r.hi = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1));
+    return r;
+}
+
+static ob_q16 ob_q_load16(const int16_t *p)
+{
+    return ob_q_widen32(_mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)p)));
+}
+
+static __m512i ob_q_rq8(__m512i v, __m512i m, int sh)
+{
+    const __m512i half = _mm512_set1_epi64((long long)((int64_t)1 << (sh - 1)));
+    return _mm512_sra_epi64(_mm512_add_epi64(_mm512_mul_epi32(v, m), half), _mm_cvtsi32_si128(sh));
+}
+
+static ob_q16 ob_q_rq(ob_q16 v, int32_t m, int sh)
+{
+    const __m512i mv = _mm512_set1_epi64(m);
+    v.lo = ob_q_rq8(v.lo, mv, sh);
+    v.hi = ob_q_rq8(v.hi, mv, sh);
+    return v;
+}
+
+/* per channel: rq(v, m[c], sh) + b[c] */
+static ob_q16 ob_q_affine(ob_q16 v, const int32_t *m, const int32_t *b, int sh)
+{
+    const ob_q16 mv = ob_q_widen32(_mm512_loadu_si512(m)), bv = ob_q_widen32(_mm512_loadu_si512(b));
+    v.lo = _mm512_add_epi64(ob_q_rq8(v.lo, mv.lo, sh), bv.lo);
+    v.hi = _mm512_add_epi64(ob_q_rq8(v.hi, mv.hi, sh), bv.hi);
+    return v;
+}
+
+static ob_q16 ob_q_add(ob_q16 a, ob_q16 b)
+{
+    a.lo = _mm512_add_epi64(a.lo, b.lo);
+    a.hi = _mm512_add_epi64(a.hi, b.hi);
+    return a;
+}
+
+static ob_q16 ob_q_max(ob_q16 a, int64_t lo)
+{
+    const __m512i l = _mm512_set1_epi64((long long)lo);
+    a.lo = _mm512_max_epi64(a.lo, l);
+    a.hi = _mm512_max_epi64(a.hi, l);
+    return a;
+}
+
+static ob_q16 ob_q_sat(ob_q16 a)
+{
+    const __m512i lo = _mm512_set1_epi64(-32767), hi = _mm512_set1_epi64(32767);
+    a.lo = _mm512_min_epi64(_mm512_max_epi64(a.lo, lo), hi);
+    a.hi = _mm512_min_epi64(_mm512_max_epi64(a.hi, lo), hi);
+    return a;
+}
+
+static void ob_q_store16(int16_t *p, ob_q16 a)
+{
+    _mm_storeu_si128((__m128i *)p, _mm512_cvtepi64_epi16(a.lo));
+    _mm_storeu_si128((__m128i *)(p + 8), _mm512_cvtepi64_epi16(a.hi));
+}
+
+static ob_q16 ob_q_act(const ob_layer *L, ob_q16 v, int co)
+{
+    if (L->act == OB_ACT_SRELU) return ob_q_sat(ob_q_max(v, L->q_lo));
+    if (L->act == OB_ACT_AFFINE_RELU)
+        return ob_q_sat(ob_q_max(ob_q_affine(v, L->q_act_m + co, L->q_act_b + co, L->q_act_sh), 0));
+    return ob_q_sat(v);
+}
+
+static int ob_epi_q_vec(const ob_layer *L, unsigned char *arena, int oy, int ox0, int mr, int co0, int nco,
+                        const int32_t *acc)
+{
+    int16_t *dst = L->dst >= 0 ? OB_Q(arena, L->dst) : NULL;
+    int16_t *adst = L->act_dst >= 0 ? OB_Q(arena, L->act_dst) : NULL;
+    const int16_t *res = L->res_src >= 0 ? OB_Q(arena, L->res_src) : NULL;
+    int p, h;
+    if (nco != OB_NCO || L->epi == OB_EPI_HEAD || (L->res == OB_RES_POOL && L->res_c % 16)) return 0;
+    for (p = 0; p < mr; p++) {
+        const int ox = ox0 + p;
+        const size_t o = ((size_t)(oy + 1) * ((size_t)L->ow + 2) + (size_t)ox + 1) * (size_t)L->cout;
+        for (h = 0; h < OB_NCO; h += 16) {
+            const int co = co0 + h;
+            const ob_q16 a = ob_q_widen32(_mm512_loadu_si512(acc + p * OB_NCO + h));
+            ob_q16 v, r;
+            if (L->epi == OB_EPI_ACT) {
+                v = L->act == OB_ACT_SRELU ? ob_q_rq(a, L->q_m, L->q_sh) : a;
+                ob_q_store16(dst + o + co, ob_q_act(L, v, co));
+                continue;
+            }
+            v = ob_q_rq(a, L->q_m, L->q_sh);
+            if (L->res == OB_RES_IDENTITY) {
+                v = ob_q_add(v, ob_q_rq(ob_q_load16(res + o + co), L->q_res_m, L->q_res_sh));
+            } else if (L->res == OB_RES_POOL && co < L->res_c) {
+                int y0, x0, dy, dx;
+                const int count = ob_pool_window(L, oy, ox, &y0, &x0);
+                const size_t w2 = (size_t)L->res_w + 2;
+                __m512i s = _mm512_setzero_si512();
+                for (dy = 0; dy < 3; dy++)
+                    for (dx = 0; dx < 3; dx++)
+                        s = _mm512_add_epi32(s, _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(
+                            res + ((size_t)(y0 + dy + 1) * w2 + (size_t)(x0 + dx + 1)) * (size_t)L->res_c + co))));
+                v = ob_q_add(v, ob_q_rq(ob_q_widen32(s), L->q_pool_m[count], L->q_pool_sh));
+            }
+            r = ob_q_sat(v);
+            if (dst) ob_q_store16(dst + o + co, r);
+            ob_q_store16(adst + o + co, ob_q_act(L, r, co));
+        }
+    }
+    return 1;
+}
+#endif
+
 static void ob_epi_q(const ob_layer *L, unsigned char *arena, int oy, int ox0, int mr, int co0, int nco,
                      const int32_t *acc)
 {
@@ -266,6 +387,9 @@ static void ob_epi_q(const ob_layer *L, unsigned char *arena, int oy, int ox0, i
     const int16_t *res = L->res_src >= 0 ? OB_Q(arena, L->res_src) : NULL;
     int32_t *head = OB_QH(arena);
     int p, j;
+#if defined(OB_KERNEL_AVX512_INT)
+    if (ob_epi_q_vec(L, arena, oy, ox0, mr, co0, nco, acc)) return;
+#endif
     for (p = 0; p < mr; p++) {
         const int ox = ox0 + p;
         const size_t o = ((size_t)(oy + 1) * ((size_t)L->ow + 2) + (size_t)ox + 1) * (size_t)L->cout;
