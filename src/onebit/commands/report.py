@@ -10,11 +10,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="write a Markdown report (tables, BN margin, figures) from a results store",
                        description="Write DIR/report.md and PNG figures from a results store: error rate "
                                    "mean +/- std over seeds per dataset and variant beside the published "
-                                   "numbers, the accuracy margin of BN over shifted ReLU with a t-based 95%% "
+                                   "numbers, the accuracy margin of BN over shifted ReLU with a t-based 95% "
                                    "confidence interval, test error versus width, training curves, the "
                                    "learning-rate schedules, and parameters / weight memory / MACs / "
-                                   "measured training images/s per variant.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   "measured training images/s per variant.")
     p.add_argument("store", type=Path, help="the results store (written by `onebit sweep`)")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="output folder")
     p.add_argument("--where", "-w", action="append", default=[], metavar="KEY<op>VALUE",

@@ -14,8 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Expand SWEEP.toml ([base] preset + options, [grid] axes, [[rule]], "
                                    "[[exclude]], [[include]]; see onebit.experiments.sweep) into runs and "
                                    "train each one not yet in the results store. Interrupted runs resume "
-                                   "from their last checkpoint when the same command is run again.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   "from their last checkpoint when the same command is run again.")
     p.add_argument("sweep", type=Path, help="the sweep file (TOML)")
     p.add_argument("--store", type=Path, default=None,
                    help="results store (default: the sweep's [sweep] store, else runs.db beside the sweep)")
