@@ -145,6 +145,9 @@ def test_threads_give_identical_results(cifar, tmp_path):
     out = export_and_write(model, tmp_path, images[:8], calib)
     exe = build(out, "demo_threads", ["-march=native", "-DONEBIT_THREADS=3", "-pthread"])
     one = run_demo(exe, out / "images.bin")[0]
+    (out / "truncated.bin").write_bytes((out / "images.bin").read_bytes()[:5000])
+    bad = subprocess.run([str(exe), str(out / "truncated.bin")], capture_output=True, text=True)
+    assert bad.returncode != 0 and "truncated" in bad.stderr
     for threads in ("2", "3"):
         assert np.array_equal(run_demo(exe, out / "images.bin", "--threads", threads)[0], one)
         assert np.array_equal(run_demo(exe, out / "images.bin", "--int", "--raw", "--threads", threads)[0],

@@ -158,10 +158,14 @@ int main(int argc, char **argv)
     }
     while (max < 0 || n < max) {
         int label = -1, pred;
+        size_t got;
         if (with_labels && (label = fgetc(f)) == EOF) break;
-        if (fread(images[0], 1, ONEBIT_INPUT_BYTES, f) != ONEBIT_INPUT_BYTES) {
-            if (with_labels || !feof(f) || ferror(f)) fprintf(stderr, "onebit_demo: %s: truncated image %ld\n", path, n);
-            break;
+        got = fread(images[0], 1, ONEBIT_INPUT_BYTES, f);
+        if (got != ONEBIT_INPUT_BYTES) {
+            if (got == 0 && !with_labels && !ferror(f)) break;
+            fprintf(stderr, "onebit_demo: %s: truncated or unreadable image %ld\n", path, n);
+            fclose(f);
+            return 1;
         }
         rc = onebit_run(mode, images[0], 1, logits[0], logits_q, arena.b, sizeof arena.b, threads);
         if (rc != ONEBIT_OK) { fclose(f); return fail("inference", rc); }
