@@ -16,6 +16,7 @@ Worker: ``python -m onebit.experiments.runner --store DB RUN_DIR`` (reads RUN_DI
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -55,9 +56,11 @@ def library_versions() -> dict[str, str]:
             "onebit": onebit.__version__}
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """The commit of the git checkout holding the onebit sources (``-dirty`` if the package's tracked files
-    differ from it), or None (not a checkout, no git)."""
+    differ from it), or None (not a checkout, no git). Cached: a process records the commit of the code it
+    started with (``execute`` and the worker ask for it first)."""
     source = Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True,
@@ -78,7 +81,8 @@ def device_description(device: str) -> str:
     if device.startswith("cuda"):
         index = int(device.split(":")[1]) if ":" in device else 0
         return f"{device} ({torch.cuda.get_device_name(index)})"
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu ({platform.machine()}, {threads} thread{'s' if threads != 1 else ''})"
 
 
 # ----- reading a finished run folder -----
@@ -167,6 +171,7 @@ def execute(runs: list[PlannedRun], store_path: Path, sweep: str | None = None, 
     from tqdm.auto import tqdm
 
     outcome = Outcome()
+    git_commit()                                    # the commit of the code this process runs
     with ResultsStore(store_path) as store:
         stored = store.hashes()
     todo = []
@@ -260,6 +265,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", default=None)
     parser.add_argument("--preset", default=None)
     args = parser.parse_args(argv)
+    git_commit()
     try:
         cfg = TrainConfig.from_dict(json.loads((args.run_dir / "config.json").read_text()))
         status = run_and_record(cfg, args.run_dir, args.store, args.sweep, args.preset)
