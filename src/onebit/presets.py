@@ -54,6 +54,27 @@ PRESETS.update({
 })
 
 
+# ImageNet (McDonnell, ICLR 2018): WRN-18 with 160 channels in the first stage ("18-2.5", k = 10
+# here), 62 epochs of warm restarts (cycles 2, 4, 8, 16, 32), weight decay 1e-4, scale/crop/flip
+# augmentation. Batch 256 at lr 0.1 is the usual ImageNet ResNet setting (our choice). Published error
+# (BN, top-1/top-5): 1-bit 31.03/11.51 single crop, 26.04/8.48 with 25 crops; 32-bit 26.92/9.20 and
+# 22.99/6.91. The shifted-ReLU ImageNet nets are not in either paper (T = 25 is our guess).
+PUBLISHED_IMAGENET_ERROR = {("bn", 1): (31.03, 11.51, 26.04, 8.48), ("bn", 32): (26.92, 9.20, 22.99, 6.91)}
+for _norm, _tag in (("bn", "bn"), ("none", "srelu")):
+    for _bits in (1, 32):
+        _err = PUBLISHED_IMAGENET_ERROR.get((_norm, _bits))
+        _pub = (f"published top-1/top-5 error {_err[0]:.2f}/{_err[1]:.2f} (1 crop), "
+                f"{_err[2]:.2f}/{_err[3]:.2f} (25 crops)"
+                if _err else "not in the papers")
+        PRESETS[f"imagenet-wrn18-2.5-{_tag}-{_bits}bit"] = (
+            f"paper: ImageNet WRN-18-2.5, {_bits}-bit weights, "
+            f"{'BN + ReLU with learned scale/offset' if _norm == 'bn' else 'shifted ReLU, no BN'}; {_pub}",
+            {"dataset": "imagenet", "depth": 18, "width": 10, "norm": _norm, "weight_bits": _bits,
+             "epochs": 62, "schedule": "restarts", "first_cycle": 2, "batch_size": 256, "lr": 0.1,
+             "weight_decay": 1e-4, "translate": 0, "cutout": 0, "flip": True, "crop_size": 224,
+             "resize_size": 256, "eval_batch_size": 250})
+
+
 def preset_names() -> list[str]:
     return list(PRESETS)
 

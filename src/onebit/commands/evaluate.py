@@ -6,10 +6,12 @@ import argparse
 import json
 
 from onebit.data.cifar import load_cifar
+from onebit.data.imagenet import load_image_folder
 from onebit.errors import ConfigError
 from onebit.evaluate import evaluate
 from onebit.loading import load_model_file
 from onebit.train.loop import select_device
+from onebit.train.sources import evaluate_image_folder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=500, help="evaluation batch size")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--crops", type=int, choices=(1, 25), default=1,
+                   help="ImageNet models: centre crop, or the 25 crops (5 scales x 5 positions) of ICLR 2018")
     c = p.add_argument_group("C runtime (--engine c)")
     c.add_argument("--engine", choices=("torch", "c"), default="torch",
                    help="torch: PyTorch; c: the onebit C runtime via its Python binding (exported and compiled "
@@ -42,11 +46,22 @@ def run(args: argparse.Namespace) -> int:
     model, info = load_model_file(args.model)
     train_cfg = info.get("train_config") or {}
     dataset = args.dataset or train_cfg.get("dataset") or (
+        "imagenet" if getattr(model.config, "arch", "cifar") == "imagenet" else
         "cifar100" if model.config.num_classes == 100 else "cifar10")
-    data = load_cifar(dataset, args.data_dir or train_cfg.get("data_dir"), train=args.split == "train")
+    imagenet = dataset == "imagenet"
+    if args.crops != 1 and not imagenet:
+        raise ConfigError("--crops 25 applies to ImageNet models only")
+    if imagenet and args.engine != "torch":
+        raise ConfigError("the C runtime does not run ImageNet models; use --engine torch")
+    data = (load_image_folder(args.data_dir or train_cfg.get("data_dir"), train=args.split == "train") if imagenet
+            else load_cifar(dataset, args.data_dir or train_cfg.get("data_dir"), train=args.split == "train"))
     if len(data.classes) != model.config.num_classes:
         raise ConfigError(f"model has {model.config.num_classes} classes but {dataset} has {len(data.classes)}")
-    if args.engine == "c":
+    if imagenet:
+        device = select_device(args.device)
+        sizes = {k: train_cfg[k] for k in ("crop_size", "resize_size") if k in train_cfg}
+        result = evaluate_image_folder(model.to(device), data, args.batch_size, device, args.crops, **sizes)
+    elif args.engine == "c":
         import torch
 
         from onebit.evaluate import accuracy_from_logits
@@ -61,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         device = select_device(args.device)
         result = evaluate(model.to(device), data.images, data.labels, args.batch_size, device)
     if args.json:
-        print(json.dumps({"model": str(args.model), "dataset": dataset, "split": args.split,
+        print(json.dumps({"model": str(args.model), "dataset": dataset, "split": args.split, "crops": args.crops,
                           **result.as_dict(), "classes": data.classes}, indent=2))
         return 0
     print(f"{args.model}: {model.config.name} on {dataset} {args.split} ({result.count} images)")

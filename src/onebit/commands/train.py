@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -13,10 +14,12 @@ from onebit.presets import get_preset
 from onebit.train.config import TrainConfig, field_types
 
 HELP = {
-    "dataset": "cifar10 or cifar100", "data_dir": "folder holding the dataset (default: $ONEBIT_DATA or "
-    "~/.cache/onebit/data)", "val_size": "hold out N training images as a validation set",
-    "train_limit": "train on the first N training images only (0 = all)", "depth": "WRN depth d (6n+2)",
-    "width": "WRN width k", "norm": "bn (BN + ReLU, ICLR 2018) or none (shifted ReLU, 2019)",
+    "dataset": "cifar10, cifar100 or imagenet (ImageFolder tree)",
+    "data_dir": "folder holding the dataset (default: $ONEBIT_DATA or ~/.cache/onebit/data)",
+    "val_size": "hold out N training images as a validation set",
+    "train_limit": "train on the first N training images only (0 = all)",
+    "depth": "WRN depth d (6n+2; ImageNet 8n+2)", "width": "WRN width k (16k channels in stage 1)",
+    "norm": "bn (BN + ReLU, ICLR 2018) or none (shifted ReLU, 2019)",
     "weight_bits": "1 or 32", "temperature": "head temperature T of BN-free nets (default: paper's)",
     "binarize_first_last": "binarize the first and last conv too (reference: yes)",
     "epochs": "training epochs", "schedule": "cosine (one cycle) or restarts (SGDR 2, 4, 8, ... epochs)",
@@ -26,7 +29,10 @@ HELP = {
     "translate": "max random translation in pixels (0 = off)", "flip": "random horizontal flips",
     "cutout": "cutout patch size (0 = off)", "seed": "random seed", "device": "auto, cpu, cuda or cuda:N",
     "amp": "bf16 autocast on GPU", "channels_last": "channels_last memory format on GPU",
-    "compile": "torch.compile the training step", "num_threads": "CPU threads (0 = all cores)",
+    "compile": "torch.compile the model (default: on for CUDA, off on CPU)",
+    "num_threads": "CPU threads (0 = all cores)", "classes": "number of classes (0 = the dataset's)",
+    "crop_size": "ImageNet crop size", "resize_size": "ImageNet shorter side before the evaluation centre crop",
+    "workers": "ImageNet data-loading worker processes per rank (capped at the CPU count)",
     "eval_batch_size": "evaluation batch size", "bn_recompute": "recompute BN statistics after training",
 }
 
@@ -53,7 +59,8 @@ def config_overrides(args: argparse.Namespace) -> dict:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a network (a preset, with any option overridden)",
                        description="Train a WRN with the reference recipe. Pick a preset (`onebit presets`) "
-                                   "and override any option, or continue a stopped run with --resume.",
+                                   "and override any option, or continue a stopped run with --resume. "
+                                   "Under torchrun it trains data-parallel on all ranks (same global batch).",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default=None, help="named preset (see `onebit presets`)")
     p.add_argument("--run-dir", default=None, help="output folder (default: runs/<preset>-<time>)")
@@ -77,7 +84,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         except ValueError as exc:
             raise ConfigError(f"{config_file}: corrupt ({exc})") from None
         changed = {k for k, v in overrides.items() if k not in ("epochs", "device", "num_threads", "data_dir",
-                                                                "eval_batch_size", "compile")
+                                                                "eval_batch_size", "compile", "workers")
                    and base.get(k) != v}
         if changed:
             raise ConfigError(f"--resume cannot change {', '.join(sorted(changed))}; start a new run instead")
@@ -91,9 +98,13 @@ def run(args: argparse.Namespace) -> int:
     from onebit.train.loop import train
 
     cfg = resolve_config(args)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not (args.resume or args.run_dir):
+        raise ConfigError("under torchrun pass --run-dir (every rank must name the same folder)")
     run_dir = Path(args.resume or args.run_dir or
                    Path("runs") / f"{args.preset or cfg.model_config().name}-{time.strftime('%Y%m%d-%H%M%S')}")
     result = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
                    stop_after=args.stop_after)
-    print(json.dumps({"run_dir": str(run_dir), **result}, indent=2))
+    if rank == 0:
+        print(json.dumps({"run_dir": str(run_dir), **result}, indent=2))
     return 0

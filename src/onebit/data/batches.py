@@ -1,8 +1,14 @@
-"""Epoch batches drawn from a dataset that lives on the training device as one uint8 tensor.
+"""Epoch batches: the order and augmentation of epoch e depend only on (seed, e).
 
-The order and the augmentation of epoch e depend only on (seed, e), so a run resumed at an epoch boundary
-sees exactly the batches an uninterrupted run would. With ``world_size > 1`` every rank draws the same
-global batch and keeps its own contiguous slice, so the global batch is that of a single process.
+So a run resumed at an epoch boundary sees exactly the batches an uninterrupted run would. With
+``world_size > 1`` every rank draws the same global batch and keeps its own contiguous slice (the
+``torch.tensor_split`` share), so the global batch is that of a single process.
+
+* ``epoch_batches``: a dataset that lives on the training device as one uint8 tensor (CIFAR), augmented
+  there batch by batch.
+* ``GlobalBatchSampler``: the same scheme for datasets read from files by DataLoader workers (ImageNet):
+  it yields this rank's slice of each global batch as ``(index, seed)`` keys, the seed fixing the sample's
+  random augmentation.
 """
 
 from __future__ import annotations
@@ -40,3 +46,37 @@ def epoch_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, s
             x = torch.tensor_split(x, world_size)[rank]
             y = torch.tensor_split(y, world_size)[rank]
         yield x, y
+
+
+def rank_slice(n: int, rank: int, world_size: int) -> slice:
+    """This rank's contiguous share of ``n`` items, as ``torch.tensor_split`` cuts them."""
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
+
+
+class GlobalBatchSampler:
+    """Batch sampler over ``num_items`` files: epoch e's permutation and per-sample augmentation seeds come
+    from (seed, e); every rank yields its ``rank_slice`` of each full global batch as ``(index, seed)``
+    keys. Call ``set_epoch`` before iterating (works with persistent DataLoader workers)."""
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return steps_per_epoch(self.num_items, self.batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        gen = epoch_generator(self.seed, self.epoch, torch.device("cpu"))
+        order = torch.randperm(self.num_items, generator=gen).tolist()
+        seeds = torch.randint(0, 2**62, (self.num_items,), generator=gen).tolist()
+        mine = rank_slice(self.batch_size, self.rank, self.world_size)
+        for step in range(len(self)):
+            keys = list(zip(order[step * self.batch_size:(step + 1) * self.batch_size],
+                            seeds[step * self.batch_size:(step + 1) * self.batch_size]))
+            yield keys[mine]

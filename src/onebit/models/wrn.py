@@ -1,4 +1,4 @@
-"""WRN-d-k for 32x32 inputs in both designs of McDonnell et al. (2019).
+"""WRN-d-k in both designs of McDonnell et al. (2019), for 32x32 inputs (``arch='cifar'``) or ImageNet.
 
 * Stem: learned BN on raw 0..255 pixels -> 3x3 conv to 16k channels.
 * Three stages of n = (d - 2) / 6 pre-activation basic blocks with 16k, 32k, 64k channels:
@@ -6,6 +6,15 @@
   first conv, shortcut = 3x3 stride-2 average pool, then zero channels concatenated (no parameters).
 * ``norm='bn'`` (ICLR 2018): act = BN without scale/offset -> ReLU; head act -> 1x1 conv -> BN -> GAP.
 * ``norm='none'`` (2019): act = shifted ReLU max(x, -1); head act -> 1x1 conv -> x(1/T) -> GAP.
+
+``arch='imagenet'`` (McDonnell, ICLR 2018: the ResNet-18 shape widened 2.5x, "18-2.5"):
+* Stem: learned input BN -> 7x7 stride-2 conv to 16k channels -> 3x3 stride-2 max pool: ResNet-18's stem
+  (our reading: the paper gives the depth and widths, not the stem). The pool comes straight after the
+  conv, the first block's pre-activation after it, as in pre-activation ResNets.
+* Four stages of n = (d - 2) / 8 blocks with 16k, 32k, 64k, 128k channels (d = 18, k = 10: 160, 320, 640,
+  1280 = 2.5 x ResNet-18's 64...512); stages 2-4 downsample exactly as above.
+* The BN design uses BN *with* learned scale and offset (the ICLR 2018 ImageNet setting); the head is the
+  same 1x1 conv -> BN / x(1/T) -> GAP. WRN-18 with k = 10 has 69,962,720 conv weights (8.7 MB at 1 bit).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from torch import nn
 from onebit.nn import BinaryConv2d, ShiftedReLU
 
 NORMS = ("bn", "none")
+ARCHS = ("cifar", "imagenet")
 HEAD_POOLS = ("mean", "sum")      # "sum": the MatConvNet reference models' head (64x the mean on 8x8 maps)
 
 
@@ -46,10 +56,16 @@ class WRNConfig:
     pad_mode: str = "symmetric"
     stem_relu: bool = False
     head_pool: str = "mean"
+    arch: str = "cifar"
 
     def __post_init__(self) -> None:
-        if self.depth < 8 or (self.depth - 2) % 6 != 0:
-            raise ValueError(f"WRN depth must be 6n+2 with n >= 1 (8, 14, 20, 26, ...), got {self.depth}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        per = 2 * len(self.stage_widths)
+        if self.depth < per + 2 or (self.depth - 2) % per != 0:
+            examples = ", ".join(str(per * n + 2) for n in (1, 2, 3, 4))
+            kind = "ImageNet WRN" if self.arch == "imagenet" else "WRN"
+            raise ValueError(f"{kind} depth must be {per}n+2 with n >= 1 ({examples}, ...), got {self.depth}")
         if self.width < 1:
             raise ValueError(f"WRN width must be a positive integer, got {self.width}")
         if self.norm not in NORMS:
@@ -66,16 +82,28 @@ class WRNConfig:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
 
     @property
-    def blocks_per_stage(self) -> int:
-        return (self.depth - 2) // 6
+    def stage_widths(self) -> tuple[int, ...]:
+        """Channels of each stage in units of k: (16, 32, 64) for CIFAR, (16, 32, 64, 128) for ImageNet."""
+        return (16, 32, 64, 128) if self.arch == "imagenet" else (16, 32, 64)
 
     @property
-    def stage_channels(self) -> tuple[int, int, int]:
-        return (16 * self.width, 32 * self.width, 64 * self.width)
+    def blocks_per_stage(self) -> int:
+        return (self.depth - 2) // (2 * len(self.stage_widths))
+
+    @property
+    def stage_channels(self) -> tuple[int, ...]:
+        return tuple(c * self.width for c in self.stage_widths)
+
+    @property
+    def bn_affine(self) -> bool:
+        """BN layers learn scale and offset only in the ImageNet nets of ICLR 2018."""
+        return self.arch == "imagenet"
 
     @property
     def name(self) -> str:
         design = "bn" if self.norm == "bn" else "srelu"
+        if self.arch == "imagenet":  # named like the paper: width relative to ResNet-18's 64 channels
+            return f"imagenet-wrn-{self.depth}-{16 * self.width / 64:g}-{design}-{self.weight_bits}bit"
         return f"wrn-{self.depth}-{self.width}-{design}-{self.weight_bits}bit"
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,10 +118,10 @@ class WRNConfig:
         return cls(**data)
 
 
-def make_activation(norm: str, channels: int) -> nn.Module:
-    """BN (no learned scale/offset) + ReLU for the BN design; shifted ReLU for the BN-free design."""
+def make_activation(norm: str, channels: int, affine: bool = False) -> nn.Module:
+    """BN (learned scale/offset only if ``affine``) + ReLU for the BN design; shifted ReLU otherwise."""
     if norm == "bn":
-        return nn.Sequential(nn.BatchNorm2d(channels, affine=False), nn.ReLU(inplace=False))
+        return nn.Sequential(nn.BatchNorm2d(channels, affine=affine), nn.ReLU(inplace=False))
     return ShiftedReLU()
 
 
@@ -123,9 +151,9 @@ class PreActBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, cfg: WRNConfig):
         super().__init__()
-        self.act1 = make_activation(cfg.norm, in_channels)
+        self.act1 = make_activation(cfg.norm, in_channels, cfg.bn_affine)
         self.conv1 = BinaryConv2d(in_channels, out_channels, 3, stride, cfg.weight_bits, cfg.pad_mode)
-        self.act2 = make_activation(cfg.norm, out_channels)
+        self.act2 = make_activation(cfg.norm, out_channels, cfg.bn_affine)
         self.conv2 = BinaryConv2d(out_channels, out_channels, 3, 1, cfg.weight_bits, cfg.pad_mode)
         if stride != 1 or in_channels != out_channels:
             self.shortcut: nn.Module = DownsampleShortcut(in_channels, out_channels, cfg.pad_mode)
@@ -139,7 +167,7 @@ class PreActBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """WRN-d-k for 32x32 images in the BN design (ICLR 2018) or the BN-free design (2019).
+    """WRN-d-k in the BN design (ICLR 2018) or the BN-free design (2019), for CIFAR or ImageNet inputs.
 
     Input: raw pixel values 0..255, float or uint8, NCHW. Output: class logits.
     """
@@ -148,26 +176,30 @@ class WideResNet(nn.Module):
         super().__init__()
         self.config = cfg
         edge_bits = cfg.weight_bits if cfg.binarize_first_last else 32
-        c1, c2, c3 = cfg.stage_channels
+        channels = cfg.stage_channels
+        c1, c_last = channels[0], channels[-1]
+        imagenet = cfg.arch == "imagenet"
         self.input_bn = nn.BatchNorm2d(cfg.in_channels, affine=True)
         self.stem_act = nn.ReLU() if cfg.stem_relu else nn.Identity()
-        self.stem = BinaryConv2d(cfg.in_channels, c1, 3, 1, edge_bits, cfg.pad_mode)
+        self.stem = BinaryConv2d(cfg.in_channels, c1, 7 if imagenet else 3, 2 if imagenet else 1, edge_bits,
+                                 cfg.pad_mode)
+        self.stem_pool = nn.MaxPool2d(3, 2, padding=1) if imagenet else nn.Identity()
         blocks = []
         in_c = c1
-        for stage, out_c in enumerate((c1, c2, c3)):
+        for stage, out_c in enumerate(channels):
             for i in range(cfg.blocks_per_stage):
                 stride = 2 if (stage > 0 and i == 0) else 1
                 blocks.append(PreActBlock(in_c, out_c, stride, cfg))
                 in_c = out_c
         self.blocks = nn.Sequential(*blocks)
-        self.head_act = make_activation(cfg.norm, c3)
-        self.head = BinaryConv2d(c3, cfg.num_classes, 1, 1, edge_bits, cfg.pad_mode)
-        self.head_bn = nn.BatchNorm2d(cfg.num_classes, affine=False) if cfg.norm == "bn" else None
+        self.head_act = make_activation(cfg.norm, c_last, cfg.bn_affine)
+        self.head = BinaryConv2d(c_last, cfg.num_classes, 1, 1, edge_bits, cfg.pad_mode)
+        self.head_bn = nn.BatchNorm2d(cfg.num_classes, affine=cfg.bn_affine) if cfg.norm == "bn" else None
         self.inv_temperature = 1.0 / cfg.temperature if cfg.norm == "none" else 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input_bn(x.float() if x.dtype == torch.uint8 else x)
-        x = self.stem(self.stem_act(x))
+        x = self.stem_pool(self.stem(self.stem_act(x)))
         x = self.blocks(x)
         x = self.head(self.head_act(x))
         if self.head_bn is not None:

@@ -1,4 +1,8 @@
-"""TrainConfig: every setting of a training run, with the reference recipe as defaults."""
+"""TrainConfig: every setting of a training run, with the reference recipe as defaults.
+
+``dataset='imagenet'`` reads an ImageFolder tree (``data/imagenet.py``) and builds the ImageNet WRN
+(``arch='imagenet'``); ``crop_size`` / ``resize_size`` / ``workers`` apply to it only.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,9 @@ from onebit.errors import ConfigError
 from onebit.models import WRNConfig
 from onebit.train.schedules import SCHEDULES
 
+DATASET_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
+ADDED_FIELDS = {"classes", "crop_size", "resize_size"}  # hashed only when not at their defaults
+
 
 @dataclass
 class TrainConfig:
@@ -20,6 +27,10 @@ class TrainConfig:
     data_dir: str | None = None
     val_size: int = 0
     train_limit: int = 0
+    classes: int = 0              # 0: the dataset's (10, 100, 1000); set it for other ImageFolder sets
+    crop_size: int = 224          # ImageNet: training / evaluation crop
+    resize_size: int = 256        # ImageNet: shorter side before the evaluation centre crop
+    workers: int = 8              # ImageNet: DataLoader worker processes per rank
     # model
     depth: int = 20
     width: int = 10
@@ -45,7 +56,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     channels_last: bool = True
-    compile: bool = False
+    compile: bool | None = None   # None: on for CUDA, off on CPU
     num_threads: int = 0
     eval_batch_size: int = 500
     bn_recompute: bool = True
@@ -66,6 +77,16 @@ class TrainConfig:
             (0 <= self.translate <= 16 and 0 <= self.cutout <= 32, "translate must be 0..16, cutout 0..32"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}"),
+            (self.dataset in DATASET_CLASSES,
+             f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASET_CLASSES)}"),
+            (self.classes >= 0 and self.workers >= 0, "classes and workers must be >= 0"),
+            (self.dataset == "imagenet" or self.classes in (0, DATASET_CLASSES.get(self.dataset)),
+             f"{self.dataset} has {DATASET_CLASSES.get(self.dataset)} classes, not {self.classes}"),
+            (self.dataset != "imagenet" or (self.translate == 0 and self.cutout == 0),
+             "translate and cutout are CIFAR augmentations; ImageNet uses random-resized crops "
+             "(set --translate 0 --cutout 0, or start from an imagenet-* preset)"),
+            (8 <= self.crop_size <= self.resize_size,
+             f"need 8 <= crop_size <= resize_size, got {self.crop_size} and {self.resize_size}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -74,13 +95,17 @@ class TrainConfig:
 
     @property
     def num_classes(self) -> int:
-        return {"cifar10": 10, "cifar100": 100}.get(self.dataset, 0) or _raise_dataset(self.dataset)
+        return self.classes or DATASET_CLASSES.get(self.dataset, 0) or _raise_dataset(self.dataset)
+
+    @property
+    def arch(self) -> str:
+        return "imagenet" if self.dataset == "imagenet" else "cifar"
 
     def model_config(self) -> WRNConfig:
         try:
             return WRNConfig(depth=self.depth, width=self.width, num_classes=self.num_classes, norm=self.norm,
                              weight_bits=self.weight_bits, temperature=self.temperature,
-                             binarize_first_last=self.binarize_first_last)
+                             binarize_first_last=self.binarize_first_last, arch=self.arch)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 
@@ -99,14 +124,20 @@ class TrainConfig:
         return self.from_dict({**self.to_dict(), **changes})
 
     def hash(self) -> str:
-        """A short stable hash of the settings that change results (not paths or devices)."""
-        ignore = {"data_dir", "device", "num_threads", "eval_batch_size"}
-        items = {k: v for k, v in self.to_dict().items() if k not in ignore}
+        """A short stable hash of the settings that change results (not paths, devices or speed options).
+
+        Options added after the first release count only when they differ from their defaults, so the
+        hashes of earlier configurations stay valid.
+        """
+        ignore = {"data_dir", "device", "num_threads", "eval_batch_size", "compile", "workers"}
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        items = {k: v for k, v in self.to_dict().items()
+                 if k not in ignore and not (k in ADDED_FIELDS and v == defaults[k])}
         return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _raise_dataset(name: str) -> int:
-    raise ConfigError(f"unknown dataset {name!r}; choose from cifar10, cifar100")
+    raise ConfigError(f"unknown dataset {name!r}; choose from {', '.join(DATASET_CLASSES)}")
 
 
 def field_types() -> dict[str, Any]:

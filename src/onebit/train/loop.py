@@ -2,6 +2,9 @@
 
 Run directory layout: ``config.json`` (resolved TrainConfig), ``metrics.jsonl`` (one JSON line per epoch),
 ``checkpoint.safetensors`` (after every epoch, atomically), ``results.json`` (final metrics once finished).
+
+Under ``torchrun`` the same code trains data-parallel (``train/distributed.py``): every rank takes its
+slice of each global batch, metrics are summed over ranks, and only rank 0 writes the run directory.
 """
 
 from __future__ import annotations
@@ -15,30 +18,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from onebit.data.augment import Augmentation
-from onebit.data.batches import epoch_batches, steps_per_epoch
+from onebit.data.batches import rank_slice
 from onebit.data.cifar import CifarSplit, load_cifar
+from onebit.data.imagenet import ImageFolderSplit, load_image_folder
 from onebit.errors import ConfigError, OnebitError, TrainingDiverged
-from onebit.evaluate import evaluate
 from onebit.models import WideResNet, build_model
 from onebit.nn import BinaryConv2d
 from onebit.train.checkpoint import (CHECKPOINT_NAME, load_checkpoint, restore_optimizer,
                                      save_checkpoint)
 from onebit.train.config import TrainConfig
+from onebit.train.distributed import DistEnv, all_reduce_sum, device_for, distributed_context
 from onebit.train.schedules import learning_rate
+from onebit.train.sources import TensorSource, make_source, metric_sums, predict_batches, split_batches
+from onebit.train.step import TrainStep, prepare_model
 
 VAL_SPLIT_SEED = 20190716  # fixed, so every run holds out the same validation images
 
 
 @dataclass
 class Datasets:
-    train: CifarSplit
-    val: CifarSplit | None
-    test: CifarSplit
+    train: CifarSplit | ImageFolderSplit
+    val: CifarSplit | ImageFolderSplit | None
+    test: CifarSplit | ImageFolderSplit
 
 
 def select_device(name: str) -> torch.device:
@@ -52,6 +56,8 @@ def select_device(name: str) -> torch.device:
 
 def load_datasets(cfg: TrainConfig) -> Datasets:
     """Train / optional validation / test splits; the validation images come out of the training set."""
+    if cfg.dataset == "imagenet":
+        return _load_image_folders(cfg)
     train = load_cifar(cfg.dataset, cfg.data_dir, train=True)
     test = load_cifar(cfg.dataset, cfg.data_dir, train=False)
     val = None
@@ -69,34 +75,80 @@ def load_datasets(cfg: TrainConfig) -> Datasets:
     return Datasets(train, val, test)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD with momentum; weight decay only on conv weights (the latent full-precision ones)."""
+def _load_image_folders(cfg: TrainConfig) -> Datasets:
+    """ImageFolder train/ and val/ (the test split); validation and ``train_limit`` are seeded subsets."""
+    train = load_image_folder(cfg.data_dir, train=True)
+    test = load_image_folder(cfg.data_dir, train=False)
+    if len(train.classes) != cfg.num_classes:
+        raise ConfigError(f"{train.root} has {len(train.classes)} classes but the model has {cfg.num_classes}; "
+                          f"pass --classes {len(train.classes)}")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
+    val = None
+    if cfg.val_size:
+        if cfg.val_size >= len(train):
+            raise ConfigError(f"val_size {cfg.val_size} leaves no training images (have {len(train)})")
+        val = train.subset(order[:cfg.val_size].sort().values)
+        order = order[cfg.val_size:]
+    if cfg.train_limit:
+        order = order[:cfg.train_limit]
+    if cfg.val_size or cfg.train_limit:
+        train = train.subset(order.sort().values)
+    if len(train) < cfg.batch_size:
+        raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(train)} training images")
+    return Datasets(train, val, test)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.SGD:
+    """SGD with momentum; weight decay only on conv weights (the latent full-precision ones).
+
+    ``fused``: one CUDA kernel for the whole update (parameters must be on a GPU).
+    """
     conv = [m.weight for m in model.modules() if isinstance(m, BinaryConv2d)]
     conv_ids = {id(p) for p in conv}
     other = [p for p in model.parameters() if id(p) not in conv_ids]
     groups = [{"params": conv, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=False)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=False, fused=fused or None)
 
 
 @torch.no_grad()
 def recompute_bn_statistics(model: nn.Module, images: torch.Tensor, batch_size: int,
-                            device: torch.device) -> None:
-    """Replace every BN layer's running mean/var by exact averages over ``images`` (no augmentation)."""
+                            device: torch.device, rank: int = 0, world_size: int = 1) -> None:
+    """Replace every BN layer's running mean/var by exact averages over ``images`` (no augmentation).
+
+    With ``world_size > 1`` (and synchronised BN) each rank passes its slice of every batch.
+    """
+    batches = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        batches.append(batch[rank_slice(len(batch), rank, world_size)])
+    recompute_bn_from_batches(model, batches, device)
+
+
+@torch.no_grad()
+def recompute_bn_from_batches(model: nn.Module, batches, device: torch.device, amp: bool = False) -> None:
+    """``recompute_bn_statistics`` over an iterable of image batches: each BN layer's running statistics
+    become the plain average of the per-batch statistics."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average = exact mean over batches
     model.train()
-    for start in range(0, len(images), batch_size):
-        model(images[start:start + batch_size].to(device))
+    for batch in batches:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            model(batch.to(device))
     for m, mom in zip(bns, saved):
         m.momentum = mom
     model.eval()
 
 
 class Trainer:
-    """Owns one run: data on the device, model, optimizer, schedule, checkpoints and metrics."""
+    """Owns one run: data source, model, optimizer, schedule, checkpoints and metrics.
+
+    ``self.net`` is the WideResNet (what checkpoints hold); ``self.model`` is the module the step runs
+    (``net``, or DDP over it with ``world_size > 1``, compiled when compile is on). With ``world_size > 1``
+    the process group must be initialised (``train`` does it under torchrun).
+    """
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, progress: bool = True,
                  rank: int = 0, world_size: int = 1):
@@ -104,26 +156,30 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.progress = progress and rank == 0
         self.rank, self.world_size = rank, world_size
-        self.device = select_device(cfg.device)
+        if world_size > 1 and not torch.distributed.is_initialized():
+            raise ConfigError("a multi-process Trainer needs torch.distributed initialised; launch with torchrun")
+        if world_size > cfg.batch_size:
+            raise ConfigError(f"batch_size {cfg.batch_size} is smaller than the {world_size} ranks")
+        local_rank = int(os.environ.get("LOCAL_RANK", rank)) if world_size > 1 else 0
+        self.device = device_for(cfg.device, DistEnv(rank, world_size, local_rank))
         if self.device.type == "cpu":
             torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
         self.data = load_datasets(cfg)
-        self.train_images = self.data.train.images.to(self.device)
-        self.train_labels = self.data.train.labels.to(self.device)
-        self.steps_per_epoch = steps_per_epoch(len(self.train_labels), cfg.batch_size)
+        self.source = make_source(self.data.train, cfg, self.device, rank, world_size)
+        self.steps_per_epoch = self.source.steps_per_epoch
+        if isinstance(self.source, TensorSource):
+            self.train_images, self.train_labels = self.source.images, self.source.labels
         torch.manual_seed(cfg.seed)
         self.model_config = cfg.model_config()
-        self.model: WideResNet = build_model(self.model_config).to(self.device)
-        if cfg.channels_last and self.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = make_optimizer(self.model, cfg)
-        self.augment = Augmentation(cfg.translate, cfg.flip, cfg.cutout)
+        self.net: WideResNet
+        self.net, self.model = prepare_model(build_model(self.model_config), self.device, cfg.channels_last,
+                                             world_size, cfg.compile)
+        self.optimizer = make_optimizer(self.net, cfg, fused=self.device.type == "cuda")
         self.epoch = 0
         self.best: dict[str, Any] = {}
         self.elapsed = 0.0
-        self.step_fn = self._train_step
-        if cfg.compile:
-            self.step_fn = torch.compile(self._train_step)
+        self.step_fn = TrainStep(self.model, self.optimizer, self.device, cfg.amp, cfg.channels_last,
+                                 world_size, cfg.batch_size)
 
     # ----- state -----
     @property
@@ -136,7 +192,7 @@ class Trainer:
 
     def save(self, finished: bool = False) -> None:
         if self.rank == 0:
-            save_checkpoint(self.checkpoint_path, self.model, self.model_config, self.optimizer,
+            save_checkpoint(self.checkpoint_path, self.net, self.model_config, self.optimizer,
                             self.cfg.to_dict(), self.state(finished))
 
     def resume(self) -> None:
@@ -144,7 +200,7 @@ class Trainer:
         if ckpt.model_config != self.model_config:
             raise ConfigError(f"{self.checkpoint_path}: checkpoint model {ckpt.model_config.name} does not "
                               f"match the run's config {self.model_config.name}")
-        self.model.load_state_dict({k: v.to(self.device) for k, v in ckpt.model_state.items()})
+        self.net.load_state_dict({k: v.to(self.device) for k, v in ckpt.model_state.items()})
         restore_optimizer(self.optimizer, ckpt.optimizer_state)
         self.epoch = int(ckpt.state.get("epoch", 0))
         self.best = ckpt.state.get("best", {})
@@ -152,27 +208,14 @@ class Trainer:
         _truncate_metrics(self.run_dir / "metrics.jsonl", self.epoch)
 
     # ----- training -----
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        use_amp = self.cfg.amp and self.device.type == "cuda"
-        if self.cfg.channels_last and self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = self.model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach(), (logits.argmax(1) == y).sum()
-
     def train_epoch(self) -> dict[str, float]:
-        cfg, model = self.cfg, self.model
-        model.train()
+        cfg = self.cfg
+        self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         start = time.perf_counter()
-        batches = epoch_batches(self.train_images, self.train_labels, cfg.batch_size, cfg.seed, self.epoch,
-                                self.augment, self.rank, self.world_size)
+        batches = self.source.epoch(self.epoch)
         bar = tqdm(batches, total=self.steps_per_epoch, disable=not self.progress, leave=False,
                    desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch", dynamic_ncols=True)
         lr = cfg.lr
@@ -180,9 +223,7 @@ class Trainer:
             step = self.epoch * self.steps_per_epoch + i
             lr = learning_rate(step, self.steps_per_epoch, cfg.epochs, cfg.schedule, cfg.lr, cfg.lr_min,
                                cfg.first_cycle)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            loss, hits = self.step_fn(x, y)
+            loss, hits = self.step_fn(x, y, lr)
             loss_sum += loss * len(y)
             correct += hits
             seen += len(y)
@@ -202,20 +243,22 @@ class Trainer:
 
     def _reduce(self, values: torch.Tensor) -> torch.Tensor:
         """Sum ``values`` over ranks (identity in a single process)."""
-        if self.world_size > 1:
-            import torch.distributed as dist
-            dist.all_reduce(values)
-        return values
+        return all_reduce_sum(values) if self.world_size > 1 else values
 
     def evaluate_splits(self) -> dict[str, float]:
+        """Top-1 / top-5 / loss on the validation and test splits, each rank scoring its share."""
         out = {}
-        model = getattr(self.model, "module", self.model)
+        cfg = self.cfg
         for name, split in (("val", self.data.val), ("test", self.data.test)):
             if split is None or len(split) == 0:
                 continue
-            res = evaluate(model, split.images, split.labels, self.cfg.eval_batch_size, self.device,
-                           amp=self.cfg.amp)
-            out.update({f"{name}_acc": res.top1, f"{name}_top5": res.top5, f"{name}_loss": res.loss})
+            sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+            batches = split_batches(split, cfg.eval_batch_size, self.rank, self.world_size, self.device,
+                                    crop_size=cfg.crop_size, resize_size=cfg.resize_size, workers=cfg.workers)
+            for logits, labels in predict_batches(self.net, batches, self.device, cfg.amp, cfg.channels_last):
+                sums += metric_sums(logits, labels)
+            loss, top1, top5, count = self._reduce(sums).tolist()
+            out.update({f"{name}_acc": top1 / count, f"{name}_top5": top5 / count, f"{name}_loss": loss / count})
         return out
 
     def fit(self) -> dict[str, Any]:
@@ -249,9 +292,9 @@ class Trainer:
         return {"stopped_at_epoch": self.epoch, **row}
 
     def finish(self) -> dict[str, Any]:
-        model = getattr(self.model, "module", self.model)
         if self.model_config.norm == "bn" and self.cfg.bn_recompute:
-            recompute_bn_statistics(model, self.train_images, self.cfg.eval_batch_size, self.device)
+            recompute_bn_from_batches(self.net, self.source.plain_batches(self.cfg.eval_batch_size), self.device,
+                                      self.cfg.amp)
         final = {"epochs": self.epoch, **self.evaluate_splits(), "best": self.best,
                  "elapsed_s": self.elapsed, "config_hash": self.cfg.hash()}
         if self.rank == 0:
@@ -276,15 +319,21 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
     """Train ``cfg`` into ``run_dir`` (or continue it with ``resume=True``); returns final metrics.
 
     ``stop_after`` ends the process after that epoch, resumably, with the schedule of the full run.
+    Launched by torchrun, this process trains as one rank of a data-parallel job (every rank reads the
+    checkpoint when resuming, so multi-node resumes need the run directory on a shared filesystem).
     """
-    trainer = Trainer(cfg, run_dir, progress)
-    if resume:
-        trainer.resume()
-        if progress:
-            print(f"resuming {run_dir} at epoch {trainer.epoch}/{cfg.epochs}")
-    elif trainer.checkpoint_path.exists():
-        raise OnebitError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick "
-                          f"another --run-dir")
-    if stop_after is not None and stop_after < cfg.epochs:
-        return trainer.fit_until(stop_after)
-    return trainer.fit()
+    with distributed_context(cfg.device) as env:
+        trainer = Trainer(cfg, run_dir, progress, rank=env.rank, world_size=env.world_size)
+        if resume:
+            trainer.resume()
+            if trainer.progress:
+                print(f"resuming {run_dir} at epoch {trainer.epoch}/{cfg.epochs}")
+        elif trainer.checkpoint_path.exists():
+            raise OnebitError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick "
+                              f"another --run-dir")
+        if stop_after is not None and stop_after < cfg.epochs:
+            result = trainer.fit_until(stop_after)
+        else:
+            result = trainer.fit()
+        env.barrier()
+        return result

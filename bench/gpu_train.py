@@ -1,0 +1,181 @@
+"""Training speed on a GPU: images/s, model FLOP utilisation, and BN vs shifted ReLU (step time, memory).
+
+Runs the training step exactly as ``onebit train`` does (``train/step.py``: on-device augmentation,
+bf16 autocast, channels_last, torch.compile on CUDA by default, fused SGD) on a synthetic uint8 dataset
+held on the device, for each model x weight bit-depth x design. Per configuration:
+
+* images/s and ms per step over ``--steps`` timed steps after ``--warmup`` steps (compilation);
+* MFU = model FLOPs per training image (forward + backward convolutions and matmuls, counted by
+  ``torch.utils.flop_counter``) x images/s / the GPU's dense bf16 peak (table below or ``--peak-tflops``);
+* peak GPU memory (``torch.cuda.max_memory_allocated`` over the timed steps).
+
+The baseline is the BN design (ICLR 2018), the subject the shifted-ReLU design (2019) -- the paper's
+claim is that dropping BN saves time and memory -- and the ratios BN / shifted ReLU are printed.
+
+    python bench/gpu_train.py                             # WRN-20-10 and WRN-14-4, 1-bit, both designs
+    python bench/gpu_train.py --device cpu --models wrn-8-1 --steps 3 --warmup 1 --batch-size 32
+
+Depths count as in McDonnell's papers (6n + 2 layers): Zagoruyko & Komodakis's WRN-16-4 (n = 2 blocks per
+stage, counting its two 1x1 projection shortcuts) is WRN-14-4 here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from onebit.data.augment import Augmentation
+from onebit.data.batches import epoch_batches, steps_per_epoch
+from onebit.models import WRNConfig, build_model
+from onebit.train.config import TrainConfig
+from onebit.train.loop import make_optimizer, select_device
+from onebit.train.step import TrainStep, prepare_model, use_compile
+
+# Dense (not 2:4 sparse) bf16 tensor-core peaks, TFLOP/s, matched in order against the device name.
+PEAK_BF16_TFLOPS = (("H200", 989.0), ("GH200", 989.0), ("H100 NVL", 835.0), ("H100 PCIe", 756.0),
+                    ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0), ("A10G", 70.0), ("L4", 121.0))
+
+
+def gpu_peak_tflops(name: str) -> float | None:
+    for key, peak in PEAK_BF16_TFLOPS:
+        if key in name:
+            return peak
+    return None
+
+
+def train_flops_per_image(cfg: WRNConfig, size: int = 32) -> float:
+    """FLOPs of one training step per image (forward + backward), counted on the meta device."""
+    with torch.device("meta"):
+        model = build_model(cfg)
+        x = torch.empty(1, cfg.in_channels, size, size, dtype=torch.uint8)
+        y = torch.zeros(1, dtype=torch.long)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        F.cross_entropy(model(x), y).backward()
+    return float(counter.get_total_flops())
+
+
+def parse_model(name: str) -> tuple[int, int]:
+    m = re.fullmatch(r"wrn-(\d+)-(\d+)", name.strip().lower())
+    if not m:
+        raise SystemExit(f"model names look like wrn-20-10, got {name!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(cfg: TrainConfig, device: torch.device, steps: int, warmup: int) -> dict:
+    """Time ``steps`` training steps after ``warmup`` ones; peak memory over the timed steps."""
+    torch.manual_seed(0)
+    net, module = prepare_model(build_model(cfg.model_config()), device, cfg.channels_last, 1, cfg.compile)
+    optimizer = make_optimizer(net, cfg, fused=device.type == "cuda")
+    step = TrainStep(module, optimizer, device, cfg.amp, cfg.channels_last)
+    n = cfg.batch_size * 8
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, cfg.num_classes, (n,), device=device)
+    augment = Augmentation(cfg.translate, cfg.flip, cfg.cutout)
+
+    def batches():
+        epoch = 0
+        while True:
+            yield from epoch_batches(images, labels, cfg.batch_size, cfg.seed, epoch, augment)
+            epoch += 1
+
+    stream = batches()
+    assert steps_per_epoch(n, cfg.batch_size) == 8
+    for _ in range(warmup):
+        loss, _ = step(*next(stream), cfg.lr)
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss, _ = step(*next(stream), cfg.lr)
+    sync(device)
+    seconds = time.perf_counter() - start
+    if not torch.isfinite(loss):
+        raise SystemExit(f"{cfg.model_config().name}: loss became {float(loss)}")
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    del net, module, optimizer, step
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"step_ms": 1000 * seconds / steps, "images_per_s": steps * cfg.batch_size / seconds,
+            "peak_mem_mib": peak}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
+    ap.add_argument("--models", default="wrn-20-10,wrn-14-4", help="comma-separated wrn-D-K names")
+    ap.add_argument("--bits", default="1", help="comma-separated weight bit-depths (1, 32)")
+    ap.add_argument("--batch-size", type=int, default=125, help="batch size (the reference recipe's 125)")
+    ap.add_argument("--steps", type=int, default=50, help="timed steps per configuration")
+    ap.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation, autotuning)")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="torch.compile the model (default: on for CUDA, off on CPU)")
+    ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on GPU")
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                    help="channels_last tensors on GPU")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="dense bf16 peak of the device in TFLOP/s (default: from the GPU name)")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
+    ap.add_argument("--json", default=None, help="also write the results to this file")
+    args = ap.parse_args()
+
+    device = select_device(args.device)
+    if device.type == "cpu" and args.threads:
+        torch.set_num_threads(args.threads)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    peak = args.peak_tflops or (gpu_peak_tflops(name) if device.type == "cuda" else None)
+    compiled = use_compile(args.compile, device)
+    print(f"device: {name}; dense bf16 peak: {f'{peak:g} TFLOP/s' if peak else 'unknown (pass --peak-tflops)'}; "
+          f"torch {torch.__version__}; compile={compiled}, amp={args.amp and device.type == 'cuda'}, "
+          f"channels_last={args.channels_last and device.type == 'cuda'}; batch {args.batch_size}, "
+          f"{args.steps} timed steps after {args.warmup}")
+    rows = []
+    header = f"{'model':<26} {'img/s':>9} {'ms/step':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak MiB':>9}"
+    print(header)
+    for model_name in args.models.split(","):
+        depth, width = parse_model(model_name)
+        for bits in (int(b) for b in args.bits.split(",")):
+            pair = {}
+            for norm in ("bn", "none"):
+                cfg = TrainConfig(depth=depth, width=width, norm=norm, weight_bits=bits,
+                                  batch_size=args.batch_size, device=str(device), amp=args.amp,
+                                  channels_last=args.channels_last, compile=compiled,
+                                  schedule="restarts" if norm == "bn" else "cosine")
+                flops = train_flops_per_image(cfg.model_config())
+                res = measure(cfg, device, args.steps, args.warmup)
+                achieved = flops * res["images_per_s"] / 1e12
+                res.update(model=cfg.model_config().name, device=name, train_gflop_per_image=flops / 1e9,
+                           achieved_tflops=achieved, mfu=achieved / peak if peak else None,
+                           batch_size=args.batch_size, compile=compiled)
+                rows.append(res)
+                pair[norm] = res
+                mfu = f"{100 * res['mfu']:5.1f}%" if res["mfu"] is not None else "   n/a"
+                mem = f"{res['peak_mem_mib']:9.0f}" if res["peak_mem_mib"] is not None else "      n/a"
+                print(f"{res['model']:<26} {res['images_per_s']:9.1f} {res['step_ms']:9.2f} {achieved:8.3f} "
+                      f"{mfu} {mem}", flush=True)
+            bn, srelu = pair["bn"], pair["none"]
+            line = (f"  BN / shifted ReLU, WRN-{depth}-{width} {bits}-bit: step time "
+                    f"{bn['step_ms']:.2f} / {srelu['step_ms']:.2f} ms = {bn['step_ms'] / srelu['step_ms']:.3f}x")
+            if bn["peak_mem_mib"] is not None:
+                line += (f"; peak memory {bn['peak_mem_mib']:.0f} / {srelu['peak_mem_mib']:.0f} MiB = "
+                         f"{bn['peak_mem_mib'] / srelu['peak_mem_mib']:.3f}x")
+            print(line, flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

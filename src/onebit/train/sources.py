@@ -1,0 +1,193 @@
+"""Where training and evaluation batches come from: a device tensor (CIFAR) or DataLoader workers (ImageNet).
+
+Both kinds follow one scheme (``data/batches.py``): batches are global batches of the whole job, and
+each rank gets its ``rank_slice``. A training source yields ``(uint8 images, labels)`` already on the
+device; evaluation yields this rank's share of the split in order, so sums over ranks give the metrics of
+the whole split.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from onebit.data.augment import Augmentation
+from onebit.data.batches import GlobalBatchSampler, epoch_batches, rank_slice, steps_per_epoch
+from onebit.data.cifar import CifarSplit
+from onebit.data.imagenet import (ImageFolderDataset, ImageFolderSplit, MultiCrop, eval_transform,
+                                  train_transform)
+from onebit.errors import DataError
+from onebit.evaluate import EvalResult, accuracy_from_logits
+
+Split = CifarSplit | ImageFolderSplit
+
+
+def global_batches(n: int, batch_size: int, rank: int, world_size: int) -> list[list[int]]:
+    """Indices of this rank's share of the consecutive global batches over ``n`` items (last one partial)."""
+    out = []
+    for start in range(0, n, batch_size):
+        size = min(batch_size, n - start)
+        part = rank_slice(size, rank, world_size)
+        out.append(list(range(start + part.start, start + part.stop)))
+    return out
+
+
+def usable_workers(workers: int | None) -> int:
+    """``workers`` capped at the CPUs this process may use (None: up to 8)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(8 if workers is None else workers, cpus)
+
+
+def _loader(dataset, batches: list[list[int]], workers: int, device: torch.device) -> DataLoader:
+    workers = usable_workers(workers)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                      pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+
+
+def _one_line(exc: DataError) -> DataError:
+    """A DataError re-raised from a DataLoader worker carries the worker's traceback: keep its last line."""
+    last = str(exc).strip().splitlines()[-1]
+    return DataError(last.split("DataError: ", 1)[-1])
+
+
+class TensorSource:
+    """The training split as one uint8 tensor on the device, augmented there (CIFAR)."""
+
+    def __init__(self, split: CifarSplit, cfg: Any, device: torch.device, rank: int = 0, world_size: int = 1):
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
+        self.cfg, self.device, self.rank, self.world_size = cfg, device, rank, world_size
+        self.augment = Augmentation(cfg.translate, cfg.flip, cfg.cutout)
+        self.steps_per_epoch = steps_per_epoch(len(self.labels), cfg.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return epoch_batches(self.images, self.labels, self.cfg.batch_size, self.cfg.seed, epoch, self.augment,
+                             self.rank, self.world_size)
+
+    def plain_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """This rank's share of consecutive un-augmented batches (for BN statistics)."""
+        for idx in global_batches(len(self.labels), batch_size, self.rank, self.world_size):
+            yield self.images[idx[0]:idx[-1] + 1] if idx else self.images[:0]
+
+
+class LoaderSource:
+    """Training images decoded and augmented by DataLoader workers into pinned memory (ImageFolder)."""
+
+    def __init__(self, split: ImageFolderSplit, cfg: Any, device: torch.device, rank: int = 0,
+                 world_size: int = 1):
+        self.split, self.cfg, self.device, self.rank, self.world_size = split, cfg, device, rank, world_size
+        self.sampler = GlobalBatchSampler(len(split), cfg.batch_size, cfg.seed, rank, world_size)
+        self.steps_per_epoch = len(self.sampler)
+        dataset = ImageFolderDataset(split, train_transform(cfg.crop_size, cfg.flip))
+        workers = usable_workers(cfg.workers)
+        self.loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=workers,
+                                 pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                                 prefetch_factor=4 if workers else None)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.sampler.set_epoch(epoch)
+        try:
+            for x, y in self.loader:
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        except DataError as exc:
+            raise _one_line(exc) from None
+
+    def plain_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """This rank's share of consecutive centre-cropped batches (for BN statistics)."""
+        cfg = self.cfg
+        for x, _ in split_batches(self.split, batch_size, self.rank, self.world_size, self.device,
+                                  keep_empty=True, crop_size=cfg.crop_size, resize_size=cfg.resize_size,
+                                  workers=cfg.workers):
+            yield x
+
+
+def make_source(split: Split, cfg: Any, device: torch.device, rank: int = 0, world_size: int = 1):
+    if isinstance(split, ImageFolderSplit):
+        return LoaderSource(split, cfg, device, rank, world_size)
+    return TensorSource(split, cfg, device, rank, world_size)
+
+
+def split_batches(split: Split, batch_size: int, rank: int = 0, world_size: int = 1,
+                  device: torch.device | str = "cpu", crops: int = 1, keep_empty: bool = False,
+                  crop_size: int = 224, resize_size: int = 256,
+                  workers: int | None = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's share of ``split`` in order, un-augmented: (uint8 images, labels) on ``device``.
+
+    ImageFolder images are centre crops (``crops=1``) or the 25 crops, shape (B, 25, 3, S, S), decoded
+    by ``workers`` processes; ``batch_size`` counts crops. ``keep_empty`` yields empty batches where this
+    rank's share is empty (so that every rank runs the same number of batches).
+    """
+    device = torch.device(device)
+    if crops not in (1, 25):
+        raise ValueError(f"crops must be 1 or 25, got {crops}")
+    per_batch = max(1, batch_size // crops)
+    plan = global_batches(len(split), per_batch, rank, world_size)
+    if isinstance(split, CifarSplit):
+        for idx in plan:
+            if idx or keep_empty:
+                sl = slice(idx[0], idx[-1] + 1) if idx else slice(0, 0)
+                yield split.images[sl].to(device), split.labels[sl].to(device)
+        return
+    transform = MultiCrop(crop_size) if crops == 25 else eval_transform(crop_size, resize_size)
+    loader = iter(_loader(ImageFolderDataset(split, transform), [b for b in plan if b], workers, device))
+    shape = (0, 25, 3) if crops == 25 else (0, 3)
+    try:
+        for idx in plan:
+            if idx:
+                x, y = next(loader)
+                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            elif keep_empty:
+                empty = torch.empty(shape + (crop_size, crop_size), dtype=torch.uint8, device=device)
+                yield empty, torch.empty(0, dtype=torch.int64, device=device)
+    except DataError as exc:
+        raise _one_line(exc) from None
+
+
+@torch.no_grad()
+def predict_batches(model: nn.Module, batches, device: torch.device, amp: bool = False,
+                    channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(float32 logits, labels) per batch on ``device``; 25-crop batches give log of the mean softmax."""
+    was_training = model.training
+    model.eval()
+    try:
+        for x, y in batches:
+            crops = x.shape[1] if x.dim() == 5 else 1
+            x = x.flatten(0, 1) if crops > 1 else x
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+                logits = model(x).float()
+            if crops > 1:
+                probs = logits.softmax(1).view(-1, crops, logits.shape[1]).mean(1)
+                logits = probs.clamp_min(1e-30).log()
+            yield logits, y
+    finally:
+        model.train(was_training)
+
+
+def metric_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[summed cross-entropy, top-1 hits, top-5 hits, count] of one batch, as a float64 tensor."""
+    k = min(5, logits.shape[1])
+    top5 = (logits.topk(k, 1).indices == labels[:, None]).any(1)
+    return torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
+                        (logits.argmax(1) == labels).sum().double(), top5.sum().double(),
+                        torch.tensor(float(len(labels)), dtype=torch.float64, device=logits.device)])
+
+
+def evaluate_image_folder(model: nn.Module, split: ImageFolderSplit, batch_size: int, device: torch.device,
+                          crops: int = 1, crop_size: int = 224, resize_size: int = 256,
+                          workers: int | None = None, amp: bool = False) -> EvalResult:
+    """Top-1 / top-5 / per-class accuracy of ``model`` on an ImageFolder split (1 or 25 crops)."""
+    logits, labels = [], []
+    batches = split_batches(split, batch_size, device=device, crops=crops, crop_size=crop_size,
+                            resize_size=resize_size, workers=workers)
+    for lg, y in predict_batches(model, batches, device, amp):
+        logits.append(lg.cpu())
+        labels.append(y.cpu())
+    return accuracy_from_logits(torch.cat(logits), torch.cat(labels), len(split.classes))
