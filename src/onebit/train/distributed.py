@@ -14,6 +14,7 @@ same global batch:
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,7 +67,7 @@ def device_for(name: str, env: DistEnv) -> torch.device:
             raise ConfigError(f"LOCAL_RANK {env.local_rank} but only {torch.cuda.device_count()} GPUs here; "
                               f"use --nproc-per-node <= the GPU count")
         device = torch.device("cuda", env.local_rank)
-    if device.type == "cuda":
+    if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
     return device
 
@@ -156,8 +157,10 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False,
-                                   gradient_as_bucket_view=True)
+    params = inspect.signature(DistributedDataParallel).parameters
+    no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in params  # newer torch
+                      else {"broadcast_buffers": False})
+    return DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True, **no_buffer_sync)
 
 
 def loss_scale(local_n: int, global_n: int, world_size: int) -> float:
