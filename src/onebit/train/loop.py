@@ -205,7 +205,8 @@ class Trainer:
         self.epoch = int(ckpt.state.get("epoch", 0))
         self.best = ckpt.state.get("best", {})
         self.elapsed = float(ckpt.state.get("elapsed_s", 0.0))
-        _truncate_metrics(self.run_dir / "metrics.jsonl", self.epoch)
+        if self.rank == 0:
+            _truncate_metrics(self.run_dir / "metrics.jsonl", self.epoch)
 
     # ----- training -----
     def train_epoch(self) -> dict[str, float]:
