@@ -7,7 +7,7 @@ Measures, in one run and on one device:
   * the full training step (batching, augmentation, forward, backward, step)   -- what training gets
 Achieved GFLOP/s = 3 x forward conv FLOPs per image x images/s (forward + 2 x backward).
 
-    python bench/train_throughput.py                      # WRN-16-4, 1-bit, BN-free, batch 125
+    python bench/train_throughput.py                      # WRN-14-4 (= WRN-16-4 in Zagoruyko's count), batch 125
     python bench/train_throughput.py --depth 8 --width 1 --steps 5   # quick smoke run
 """
 
@@ -68,7 +68,8 @@ def time_steps(step, n: int, warmup: int = 2) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--depth", type=int, default=16)
+    ap.add_argument("--depth", type=int, default=14,
+                    help="6n+2; 14 has 2 blocks per stage, the WRN-16-4 of Zagoruyko & Komodakis")
     ap.add_argument("--width", type=int, default=4)
     ap.add_argument("--norm", default="none", choices=("none", "bn"))
     ap.add_argument("--weight-bits", type=int, default=1)
