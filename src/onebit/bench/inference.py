@@ -286,6 +286,7 @@ def plot(report: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
     markers = ["o", "s", "^", "D", "v"]
@@ -299,6 +300,9 @@ def plot(report: dict, path: Path) -> None:
                     xytext=(4, 3), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("batch-1 latency, median (ms)")
     ax.set_ylabel("peak resident memory (MB)")
     ax.set_title(f"Inference on {report['machine']['cpu']} ({report['config']['threads']} thread(s))", fontsize=9)
