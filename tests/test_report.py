@@ -38,7 +38,6 @@ def parse_pm(cell: str) -> tuple[float, float]:
 def study(tmp_path_factory) -> tuple[Path, str]:
     """A store of 6 real tiny runs (BN / shifted ReLU x seeds 0,1 at 1 bit; one seed of each at 32 bits)
     and the report written from it."""
-    import numpy as np
 
     from conftest import write_cifar_batch
 
@@ -49,7 +48,8 @@ def study(tmp_path_factory) -> tuple[Path, str]:
     for i in range(1, 6):
         write_cifar_batch(folder / f"data_batch_{i}", rng.integers(0, 256, (40, 3, 32, 32)),
                           rng.integers(0, 10, 40).tolist())
-    write_cifar_batch(folder / "test_batch", rng.integers(0, 256, (50, 3, 32, 32)), rng.integers(0, 10, 50).tolist())
+    write_cifar_batch(folder / "test_batch", rng.integers(0, 256, (50, 3, 32, 32)),
+                      rng.integers(0, 10, 50).tolist())
     sweep = root / "tiny.toml"
     sweep.write_text("""
 [base]

@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="List the finished runs of a results store (written by `onebit sweep`), "
                                    "one line each: config hash, model, seed, epochs, test error, best "
                                    "validation/test accuracy, training images/s and wall time.")
-    p.add_argument("store", nargs="?", type=Path, default=Path("runs.db"), help="the results store (default: runs.db)")
+    p.add_argument("store", nargs="?", type=Path, default=Path("runs.db"),
+                   help="the results store (default: runs.db)")
     p.add_argument("--where", "-w", action="append", default=[], metavar="KEY<op>VALUE",
                    help="keep runs where KEY (a column such as norm, depth, seed, sweep, or any training "
                         "option) compares to VALUE; op is = != < <= > >=; repeat to AND conditions, e.g. "

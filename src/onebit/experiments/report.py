@@ -153,6 +153,16 @@ def cost_table(variants: list[Variant]) -> str:
     return markdown_table(header, rows)
 
 
+def _versions(encoded: str) -> str:
+    return ", ".join(f"{k} {v}" for k, v in json.loads(encoded).items())
+
+
+def short_commit(commit: str | None) -> str:
+    if not commit:
+        return "unknown"
+    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
 def provenance(runs: list[dict[str, Any]]) -> list[str]:
     def distinct(key: str) -> str:
         return ", ".join(sorted({str(r.get(key)) for r in runs})) or "–"
@@ -161,8 +171,8 @@ def provenance(runs: list[dict[str, Any]]) -> list[str]:
     return [f"* runs: {len(runs)} (sweeps: {distinct('sweep')}), total training wall time "
             f"{wall / 3600:.2f} h",
             f"* devices: {distinct('device')}",
-            f"* library versions: {'; '.join(', '.join(f'{k} {v}' for k, v in json.loads(x).items()) for x in versions)}",
-            f"* git commits: {distinct('git_commit')}",
+            f"* library versions: {'; '.join(_versions(x) for x in versions)}",
+            f"* git commits: {', '.join(sorted({short_commit(r.get('git_commit')) for r in runs}))}",
             f"* recorded: {min(r['recorded_at'] for r in runs)} to {max(r['recorded_at'] for r in runs)}"]
 
 
@@ -211,10 +221,10 @@ def write_report(store_path: str | Path, out_dir: str | Path, where: list[tuple[
             out += [f"![{name} depth {depth}: test error versus width](figures/{png.name})", ""]
         for size in sorted({(v.settings["depth"], v.settings["width"]) for v in subset}):
             group = [v for v in subset if (v.settings["depth"], v.settings["width"]) == size]
-            png = figures.learning_curves(group, curves.__getitem__, f"{name}, WRN-{size[0]}-{size[1]}: "
-                                          "error per epoch", fig_dir / f"curves-{dataset}-wrn{size[0]}-{size[1]}.png")
-            out += [f"![{name} WRN-{size[0]}-{size[1]}: training and held-out error per epoch](figures/{png.name})",
-                    ""]
+            net = f"WRN-{size[0]}-{size[1]}"
+            png = figures.learning_curves(group, curves.__getitem__, f"{name}, {net}: error per epoch",
+                                          fig_dir / f"curves-{dataset}-wrn{size[0]}-{size[1]}.png")
+            out += [f"![{name} {net}: training and held-out error per epoch](figures/{png.name})", ""]
     png = figures.lr_schedules(variants, curves.__getitem__, fig_dir / "lr-schedules.png")
     out += [f"![learning-rate schedules](figures/{png.name})", ""]
     out += ["## Cost", "",

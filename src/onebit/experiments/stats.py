@@ -128,7 +128,8 @@ def varying_settings(variants: list[Variant]) -> list[str]:
     return [k for k in keys if len({json.dumps(v.settings.get(k)) for v in variants}) > 1]
 
 
-def welch_interval(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float, float, float]:
+def welch_interval(a: np.ndarray, b: np.ndarray,
+                   confidence: float = CONFIDENCE) -> tuple[float, float, float, float]:
     """(low, high, p, dof) of Welch's t interval for mean(a) - mean(b); nans if either has < 2 values."""
     if len(a) < 2 or len(b) < 2:
         return math.nan, math.nan, math.nan, math.nan
