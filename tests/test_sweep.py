@@ -222,7 +222,8 @@ def test_shipped_sweep_files_expand(monkeypatch):
         assert r.config_hash == preset.hash()
     cpu = load_sweep(SWEEPS / "cpu-study.toml")
     runs = cpu.expand()
-    assert len(runs) == 12 and {r.config.seed for r in runs} == {0, 1, 2}
+    assert len(runs) == 24 and {r.config.seed for r in runs} == {0, 1, 2}
+    assert {(r.config.depth, r.config.width) for r in runs} == {(8, 1), (8, 2)}
     assert {(r.config.norm, r.config.schedule) for r in runs} == {("bn", "restarts"), ("none", "cosine")}
     assert all(r.config.data_dir == "/somewhere/data" and r.config.val_size == 5000 for r in runs)
     assert cpu.store == SWEEPS.parent / "docs" / "results" / "cpu-study" / "runs.db"
