@@ -202,12 +202,13 @@ def bench_model(spec: str, cfg: BenchConfig, images: np.ndarray, calib: np.ndarr
                                weight_bits=32)
             path = work / "bn-fp32.safetensors"
             save_checkpoint(path, build_model(bn_cfg).eval(), bn_cfg)
-            stats = _summary(_python_subject(["-m", "onebit.bench.subject_torch", str(path), *common], subject, cfg.threads))
-            record(subject, stats, 4 * weights)
+            raw = _python_subject(["-m", "onebit.bench.subject_torch", str(path), *common], subject, cfg.threads)
+            record(subject, _summary(raw), 4 * weights)
         elif subject == "torch-1bit":
             path = work / "model.onebit"
             save_packed(model, path)
-            raw = _python_subject(["-m", "onebit.bench.subject_torch", str(path), *common, "--bake"], subject, cfg.threads)
+            raw = _python_subject(["-m", "onebit.bench.subject_torch", str(path), *common, "--bake"], subject,
+                                  cfg.threads)
             record(subject, _summary(raw), 4 * weights)
         elif subject == "onnxruntime":
             from onebit.export.onnx_export import export_onnx
@@ -258,7 +259,8 @@ def _ratios(results: list[dict]) -> dict:
         if ci:
             m["c_int_rss_over_exe_plus_arena"] = ci["rss_over_budget"]
         if "torch-bn-fp32" in rows and cf:
-            m["c_float_speedup_over_torch_bn_fp32"] = rows["torch-bn-fp32"]["latency_ms_median"] / cf["latency_ms_median"]
+            bn = rows["torch-bn-fp32"]["latency_ms_median"]
+            m["c_float_speedup_over_torch_bn_fp32"] = bn / cf["latency_ms_median"]
         out[model] = m
     return out
 

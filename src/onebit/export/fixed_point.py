@@ -26,8 +26,7 @@ import numpy as np
 import torch
 
 from onebit.errors import ConfigError
-from onebit.export.c_program import (Program, conv_pm1, input_tensor, pool_sum_count, raw_name,
-                                     run_program)
+from onebit.export.c_program import Program, conv_pm1, pool_sum_count, raw_name, run_program
 
 QMAX = 32767                  # int16 tensors saturate at +-QMAX
 HEADROOM = 2.0                # calibrated range x 2 must fit
