@@ -2,6 +2,7 @@
  *
  * A kernel computes, for `mr` output pixels of one row and the 32 output channels of one block,
  * acc[p][j] = sum over (ky, kx, ci) in that order of s * x, s = +1 if the weight bit is set else -1.
+ * The integer kernel adds or subtracts (x ^ m) - m with m = 0 or -1: no multiplication at all.
  * Float sums are accumulated one term at a time in that order, so every kernel gives bit-identical
  * results; integer sums are exact in any order. Pixel p's window starts at x + p * pix.
  */
@@ -18,11 +19,12 @@ static void ob_kf(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, 
             const float *xr = x + ky * row + (ptrdiff_t)kx * cin;
             const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * 4;
             for (ci = 0; ci < cin; ci++) {
-                const uint8_t *wb = wr + 4 * ci;
+                float s[OB_NCO];            /* this tap's signs as +-1.0f: v * s[j] is exactly +-v */
+                for (j = 0; j < OB_NCO; j++) s[j] = ((wr[4 * ci + (j >> 3)] >> (j & 7)) & 1) ? 1.0f : -1.0f;
                 for (p = 0; p < mr; p++) {
-                    const float v = xr[p * pix + ci], nv = -v;
+                    const float v = xr[p * pix + ci];
                     float *a = acc + p * OB_NCO;
-                    for (j = 0; j < OB_NCO; j++) a[j] += ((wb[j >> 3] >> (j & 7)) & 1) ? v : nv;
+                    for (j = 0; j < OB_NCO; j++) a[j] += v * s[j];
                 }
             }
         }
@@ -40,11 +42,12 @@ static void ob_ki(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k
             const int16_t *xr = x + ky * row + (ptrdiff_t)kx * cin;
             const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * 4;
             for (ci = 0; ci < cin; ci++) {
-                const uint8_t *wb = wr + 4 * ci;
+                int32_t m[OB_NCO];          /* 0 where the weight is +1, -1 where it is -1 */
+                for (j = 0; j < OB_NCO; j++) m[j] = ((wr[4 * ci + (j >> 3)] >> (j & 7)) & 1) - 1;
                 for (p = 0; p < mr; p++) {
                     const int32_t v = xr[p * pix + ci];
                     int32_t *a = acc + p * OB_NCO;
-                    for (j = 0; j < OB_NCO; j++) a[j] += ((wb[j >> 3] >> (j & 7)) & 1) ? v : -v;
+                    for (j = 0; j < OB_NCO; j++) a[j] += (v ^ m[j]) - m[j];   /* +v or -v: no multiply */
                 }
             }
         }
