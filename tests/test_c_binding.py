@@ -44,6 +44,13 @@ def test_binding_float_int_threads_and_refusal(test_images, tmp_path):
     _, q = rt.run(images, mode="int", return_int=True)
     qp = QParams.from_dict(json.loads((rt.lib_dir / "onebit_model.json").read_text())["qparams"])
     assert np.array_equal(q, run_program_int(lower(net), qp, images))
+    # integer logits only (no float output): what a processor without an FPU calls
+    q_only = np.zeros_like(q)
+    _, arena, arena_bytes = rt._arena(1, 1)
+    x = np.ascontiguousarray(images.numpy())
+    assert rt._lib.onebit_run(1, x.ctypes.data, len(x), None, q_only.ctypes.data, arena, arena_bytes, 1) == 0
+    assert np.array_equal(q_only, q)
+    assert rt._lib.onebit_run(0, x.ctypes.data, len(x), None, q_only.ctypes.data, arena, arena_bytes, 1) == -2
     # cached: the same library again, no rebuild
     assert build_runtime(net, calibration_images=calib, cache_dir=tmp_path, threads=2).lib_dir == rt.lib_dir
     # the library refuses a model file it was not built from, and accepts its own

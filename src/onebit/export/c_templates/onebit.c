@@ -439,7 +439,7 @@ static void ob_head_q(const unsigned char *arena, float *logits, int32_t *lq)
         q = ob_rq(s, ob_head_qm[c], ONEBIT_HEAD_QSH) + ob_head_qb[c];
         q = q > INT32_MAX ? INT32_MAX : (q < -INT32_MAX ? -INT32_MAX : q);
         if (lq) lq[c] = (int32_t)q;
-        logits[c] = (float)q * ONEBIT_LOGIT_SCALE;
+        if (logits) logits[c] = (float)q * ONEBIT_LOGIT_SCALE;   /* the only float operation of the mode */
     }
 }
 #endif
@@ -572,12 +572,12 @@ static void ob_task_run(const ob_task *t)
     if (t->tiles) {
         for (i = 0; i < t->n; i++)
             ob_forward(t->mode, t->images + (size_t)i * ONEBIT_INPUT_BYTES, t->arena, t->tid, t->nth, t->sync,
-                       t->logits + (size_t)i * ONEBIT_NUM_CLASSES,
+                       t->logits ? t->logits + (size_t)i * ONEBIT_NUM_CLASSES : NULL,
                        t->lq ? t->lq + (size_t)i * ONEBIT_NUM_CLASSES : NULL);
     } else {
         for (i = t->tid; i < t->n; i += t->nth)
             ob_forward(t->mode, t->images + (size_t)i * ONEBIT_INPUT_BYTES, t->arena + (size_t)t->tid * t->per,
-                       0, 1, NULL, t->logits + (size_t)i * ONEBIT_NUM_CLASSES,
+                       0, 1, NULL, t->logits ? t->logits + (size_t)i * ONEBIT_NUM_CLASSES : NULL,
                        t->lq ? t->lq + (size_t)i * ONEBIT_NUM_CLASSES : NULL);
     }
 }
@@ -648,7 +648,7 @@ int onebit_run(int mode, const uint8_t *images, int n, float *logits, int32_t *l
     const size_t per = OB_PER(mode);
     if (mode != ONEBIT_FLOAT && mode != ONEBIT_INT) return ONEBIT_EARGS;
     if (mode == ONEBIT_INT && !ONEBIT_HAS_INT) return ONEBIT_ENOINT;
-    if (n < 0 || (n > 0 && (!images || !logits))) return ONEBIT_EARGS;
+    if (n < 0 || (n > 0 && (!images || (!logits && !(mode == ONEBIT_INT && logits_q))))) return ONEBIT_EARGS;
     if (!arena || ((uintptr_t)arena & 15u) || arena_bytes < per) return ONEBIT_EARENA;
     if (n == 0) return ONEBIT_OK;
     if (threads > OB_MAXT) threads = OB_MAXT;

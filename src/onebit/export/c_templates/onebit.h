@@ -52,7 +52,8 @@ int onebit_infer(int mode, const uint8_t *image, float *logits, void *arena);
 
 /* Logits of `n` images (n * ONEBIT_INPUT_BYTES bytes) into logits[n * ONEBIT_NUM_CLASSES].
  * `logits_q` (may be NULL; integer mode only) receives the integer logits, whose real value is
- * logits_q * ONEBIT_LOGIT_SCALE. With threads > 1 (and a build with ONEBIT_THREADS > 1), one image is
+ * logits_q * ONEBIT_LOGIT_SCALE; in integer mode `logits` may be NULL if `logits_q` is not, and then no
+ * floating-point operation is executed at all. With threads > 1 (and a build with ONEBIT_THREADS > 1), one image is
  * split into spatial tiles over the threads; several images are split over the threads, each with its
  * own arena (arena_bytes >= workers * onebit_arena_bytes(mode); fewer workers are used if it is not).
  * Results do not depend on the thread count. */
