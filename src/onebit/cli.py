@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     except OnebitError as exc:
         print(f"onebit {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # output piped into e.g. `head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"onebit {args.command}: interrupted", file=sys.stderr)
         return 130
