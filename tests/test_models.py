@@ -84,3 +84,10 @@ def test_config_round_trip_and_unknown_keys():
 def test_all_convs_are_binary_conv():
     model = build_model(WRNConfig(depth=8, width=1))
     assert not [m for m in model.modules() if isinstance(m, nn.Conv2d) and not isinstance(m, BinaryConv2d)]
+
+
+@pytest.mark.parametrize("bad", [{"pad_mode": "rymmetric"}, {"in_channels": 0}, {"head_pool": "max"},
+                                 {"arch": "vgg"}, {"norm": "ln"}, {"temperature": -1.0}])
+def test_invalid_config_values_are_clear_errors(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        WRNConfig(**bad)

@@ -31,6 +31,7 @@ from onebit.nn import BinaryConv2d, ShiftedReLU
 
 NORMS = ("bn", "none")
 ARCHS = ("cifar", "imagenet")
+PAD_MODES = ("symmetric", "tf_same")  # "tf_same": the Keras reference models' stride-2 padding
 HEAD_POOLS = ("mean", "sum")      # "sum": the MatConvNet reference models' head (64x the mean on 8x8 maps)
 
 
@@ -74,6 +75,10 @@ class WRNConfig:
             raise ValueError(f"weight_bits must be 1 or 32, got {self.weight_bits}")
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
+        if self.in_channels < 1:
+            raise ValueError(f"in_channels must be a positive integer, got {self.in_channels}")
+        if self.pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
         if self.head_pool not in HEAD_POOLS:
             raise ValueError(f"head_pool must be one of {HEAD_POOLS}, got {self.head_pool!r}")
         if self.temperature is None and self.norm == "none":
