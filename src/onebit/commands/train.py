@@ -45,10 +45,12 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         if types[f.name] is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                               help=HELP.get(f.name))
+                               help=HELP.get(f.name, "") + ("" if "(default" in HELP.get(f.name, "")
+                                                             else f" (default: {'on' if f.default else 'off'})"))
         else:
             group.add_argument(flag, dest=f.name, type=types[f.name], default=None, metavar=f.name.upper(),
-                               help=f"{HELP.get(f.name, '')} (default: {f.default})")
+                               help=HELP.get(f.name, "") + ("" if "(default" in HELP.get(f.name, "")
+                                                             else f" (default: {f.default})"))
 
 
 def config_overrides(args: argparse.Namespace) -> dict:
@@ -61,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train a WRN with the reference recipe. Pick a preset (`onebit presets`) "
                                    "and override any option, or continue a stopped run with --resume. "
                                    "Under torchrun it trains data-parallel on all ranks (same global batch).",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       )
     p.add_argument("--preset", default=None, help="named preset (see `onebit presets`)")
     p.add_argument("--run-dir", default=None, help="output folder (default: runs/<preset>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
