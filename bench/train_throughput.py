@@ -23,28 +23,10 @@ import torch.nn.functional as F
 
 from onebit.data.augment import Augmentation
 from onebit.data.batches import epoch_batches
+from onebit.export.summary import summarize
 from onebit.models import WRNConfig, build_model
-from onebit.nn import BinaryConv2d
 from onebit.train.config import TrainConfig
 from onebit.train.loop import make_optimizer
-
-
-def forward_conv_flops(model: torch.nn.Module, image_shape=(3, 32, 32)) -> int:
-    """2 x multiply-accumulates of every convolution for one image."""
-    total = 0
-
-    def hook(module, inputs, output):
-        nonlocal total
-        kh, kw = module.kernel_size
-        total += 2 * output[0].numel() * module.in_channels * kh * kw
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, BinaryConv2d)]
-    with torch.no_grad():
-        model.eval()(torch.zeros(1, *image_shape))
-    for h in handles:
-        h.remove()
-    model.train()
-    return total
 
 
 def matmul_gflops(n: int = 2048, seconds: float = 2.0) -> float:
@@ -85,7 +67,7 @@ def main() -> None:
     model = build_model(cfg)
     optimizer = make_optimizer(model, TrainConfig(depth=args.depth, width=args.width, norm=args.norm,
                                                   weight_bits=args.weight_bits))
-    flops_per_image = 3 * forward_conv_flops(model)
+    flops_per_image = 3 * 2 * summarize(cfg).macs  # forward + 2 x backward conv FLOPs
     b = args.batch_size
     # a synthetic dataset the size of CIFAR-10's training set, kept as one uint8 tensor
     images = torch.randint(0, 256, (50_000, 3, 32, 32), dtype=torch.uint8)
