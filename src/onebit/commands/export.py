@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 from onebit.errors import OnebitError
+from onebit.export.targets import HOST, TARGETS
 
 FORMATS = ("packed", "onnx", "c")
 
@@ -27,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--calibrate", type=int, default=0, metavar="N",
                    help="also build the integer mode, with scales calibrated on N training images "
                         "(0: float mode only)")
+    c.add_argument("--target", default=HOST, choices=tuple(TARGETS),
+                   help="CPU that `make` builds for (cross compiler and flags in onebit_target.mk; "
+                        "see docs/embedded.md)")
     c.add_argument("--dataset", default=None, help="calibration dataset, cifar10 or cifar100 "
                                                    "(default: from the model)")
     c.add_argument("--data-dir", default=None, help="dataset folder (default: $ONEBIT_DATA or cache)")
@@ -73,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
                 "cifar100" if model.config.num_classes == 100 else "cifar10")
             calibration = load_cifar(dataset, args.data_dir or train_cfg.get("data_dir"),
                                      train=True).images[:args.calibrate]
-        export_c(model, out, calibration_images=calibration,
+        export_c(model, out, calibration_images=calibration, target=args.target,
                  **({"calibration_count": args.calibrate} if calibration is not None else {}))
         mode = "float and integer modes" if calibration is not None else "float mode"
-        print(f"wrote the C runtime for {model.config.name} ({mode}) to {out}")
+        print(f"wrote the C runtime for {model.config.name} ({mode}, target {args.target}) to {out}")
     return 0

@@ -27,11 +27,12 @@ import torch
 from onebit.errors import ConfigError, OnebitError
 from onebit.export.c_program import NCO, Program, lower, model_fingerprint
 from onebit.export.fixed_point import QParams, calibrate
+from onebit.export.targets import HOST, get_target
 
 TEMPLATES = Path(__file__).with_name("c_templates")
 STATIC_FILES = ("onebit.h", "onebit_internal.h", "onebit.c", "ob_kernels_portable.h", "ob_kernels_avx2.h",
                 "ob_kernels_avx512.h", "onebit_demo.c", "Makefile", "README.txt")
-GENERATED_FILES = ("onebit_config.h", "onebit_model.h", "onebit_model.json")
+GENERATED_FILES = ("onebit_config.h", "onebit_model.h", "onebit_target.mk", "onebit_model.json")
 ALIGN = 64
 
 
@@ -254,8 +255,10 @@ def _config_header(prog: Program, plan: SlotPlan, qp: QParams | None, model_id: 
 
 
 def export_c(model, out_dir: Path, *, image_size: int = 32, calibration_images=None,
-             calibration_count: int = 256, **options) -> Path:
+             calibration_count: int = 256, target: str = HOST, **options) -> Path:
     """Write the C project for ``model`` into ``out_dir`` and return ``out_dir``.
+
+    ``target`` (:data:`onebit.export.targets.TARGETS`): the CPU that ``make`` builds for.
 
     ``calibration_images`` (uint8 NCHW, e.g. a few hundred training images): enables the integer mode,
     with scales chosen on the first ``calibration_count`` of them; without it only float mode is built.
@@ -264,6 +267,7 @@ def export_c(model, out_dir: Path, *, image_size: int = 32, calibration_images=N
     if options:
         raise ConfigError(f"unknown C export options: {sorted(options)}")
     out_dir = Path(out_dir)
+    tgt = get_target(target)
     model = getattr(model, "module", model)
     model = getattr(model, "_orig_mod", model)
     prog = lower(model, image_size)
@@ -285,8 +289,9 @@ def export_c(model, out_dir: Path, *, image_size: int = 32, calibration_images=N
             shutil.copyfile(TEMPLATES / fname, out_dir / fname)
         (out_dir / "onebit_config.h").write_text(_config_header(prog, plan, qp, model_id, name))
         (out_dir / "onebit_model.h").write_text(_model_header(prog, plan, qp))
+        (out_dir / "onebit_target.mk").write_text(tgt.makefile_fragment())
         meta = {"format": "onebit-c-runtime", "model_id": model_id, "name": name,
-                "config": model.config.to_dict(), "image_size": image_size, "macs": prog.macs(),
+                "config": model.config.to_dict(), "image_size": image_size, "target": tgt.name, "macs": prog.macs(),
                 "weights": prog.weight_count(), "arena_bytes_float": plan.offsets(plan.bytes_f)[1],
                 "arena_bytes_int": plan.offsets(plan.bytes_i)[1],
                 "qparams": qp.to_dict() if qp is not None else None}
