@@ -28,6 +28,8 @@
 #include "ob_kernels_avx512.h"
 #elif defined(__AVX2__) && defined(__FMA__)
 #include "ob_kernels_avx2.h"
+#elif defined(__ARM_FEATURE_DSP) && !defined(ONEBIT_NO_DSP)
+#include "ob_kernels_dsp.h"
 #else
 #include "ob_kernels_portable.h"
 #endif

@@ -1,0 +1,101 @@
+/* onebit C runtime: integer kernel for Cortex-M cores with the DSP extension (ARMv7E-M: Cortex-M4, M7;
+ * ARMv8-M Mainline with DSP: M33, M55), selected when the compiler defines __ARM_FEATURE_DSP.
+ *
+ * The portable kernel's sum acc[p][j] = sum_t s_tj x_tp (s = +-1 from the weight bits, t over (ky, kx, ci))
+ * is computed as acc = 2 P - S with P[p][j] = sum over the taps whose bit is set of x_tp and
+ * S[p] = sum_t x_tp (since s = 2 b - 1). Input channels are stored in pairs (cin is even, NHWC), so one
+ * 32-bit load gives (x_ci, x_ci+1) as two signed 16-bit lanes, and SMLAD (dual 16 x 16 multiply, both
+ * products added to a 32-bit accumulator) adds b_ci x_ci + b_ci+1 x_ci+1 for the lanes (b_ci, b_ci+1) in
+ * {0, 1}: two conditional additions in one single-cycle instruction, with each weight lane pair shared by
+ * the OB_MR pixels of the tile. Integer sums are exact in any order, so the logits are bit-identical to
+ * the portable kernel's (and to every other kernel's). The float kernel is the portable one (FPU). */
+#include <arm_acle.h>
+
+#define OB_MR 8                         /* pixels per tile (the full-tile kernel assumes 8) */
+#define OB_KERNEL_NAME "dsp"
+#define OB_OWN_INT_KERNEL 1
+#include "ob_kernels_portable.h"
+
+#if ONEBIT_HAS_INT
+/* P += b x for one weight lane pair b and the eight pixels' channel pairs x0..x7 */
+#define OB_SMLAD8(P, b)                                                                                 \
+    do {                                                                                                \
+        (P)[0] = __smlad(x0, (b), (P)[0]); (P)[1] = __smlad(x1, (b), (P)[1]);                           \
+        (P)[2] = __smlad(x2, (b), (P)[2]); (P)[3] = __smlad(x3, (b), (P)[3]);                           \
+        (P)[4] = __smlad(x4, (b), (P)[4]); (P)[5] = __smlad(x5, (b), (P)[5]);                           \
+        (P)[6] = __smlad(x6, (b), (P)[6]); (P)[7] = __smlad(x7, (b), (P)[7]);                           \
+    } while (0)
+
+static inline int32_t ob_pair(const int16_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);                   /* (p[0], p[1]) as the low and high 16-bit lanes */
+    return v;
+}
+
+/* P (channel-major [j][8]) and S of a full tile of eight pixels */
+static __attribute__((noinline)) void ob_ki_sums8(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin,
+                                                  int k, const uint8_t *w, int32_t (*pos)[8], int32_t *tot)
+{
+    int j, ky, kx, ci;
+    for (ky = 0; ky < k; ky++) {
+        for (kx = 0; kx < k; kx++) {
+            const int16_t *xr = x + ky * row + (ptrdiff_t)kx * cin;
+            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * 4;
+            for (ci = 0; ci < cin; ci += 2) {
+                const int16_t *xc = xr + ci;
+                const int32_t x0 = ob_pair(xc), x1 = ob_pair(xc + pix), x2 = ob_pair(xc + 2 * pix),
+                              x3 = ob_pair(xc + 3 * pix), x4 = ob_pair(xc + 4 * pix), x5 = ob_pair(xc + 5 * pix),
+                              x6 = ob_pair(xc + 6 * pix), x7 = ob_pair(xc + 7 * pix);
+                uint32_t wa, wb, lo, hi;
+                memcpy(&wa, wr + 4 * ci, 4);            /* bits of input channel ci, outputs 0..31 */
+                memcpy(&wb, wr + 4 * ci + 4, 4);        /* input channel ci + 1 */
+                lo = (wa & 0xFFFFu) | (wb << 16);        /* lane pairs of outputs 0..15 */
+                hi = (wa >> 16) | (wb & 0xFFFF0000u);    /* outputs 16..31 */
+                OB_SMLAD8(tot, 0x00010001);
+                for (j = 0; j < OB_NCO / 2; j++) {
+                    const int32_t bl = (int32_t)((lo >> j) & 0x00010001u);
+                    const int32_t bh = (int32_t)((hi >> j) & 0x00010001u);
+                    OB_SMLAD8(pos[j], bl);
+                    OB_SMLAD8(pos[OB_NCO / 2 + j], bh);
+                }
+            }
+        }
+    }
+}
+
+/* the same for a partial tile of mr < 8 pixels */
+static void ob_ki_sums(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
+                       int mr, int32_t (*pos)[8], int32_t *tot)
+{
+    int p, j, ky, kx, ci;
+    for (ky = 0; ky < k; ky++)
+        for (kx = 0; kx < k; kx++)
+            for (ci = 0; ci < cin; ci += 2) {
+                const uint8_t *wr = w + ((size_t)(ky * k + kx) * (size_t)cin + (size_t)ci) * 4;
+                uint32_t wa, wb;
+                memcpy(&wa, wr, 4);
+                memcpy(&wb, wr + 4, 4);
+                for (p = 0; p < mr; p++) {
+                    const int32_t xp = ob_pair(x + ky * row + (ptrdiff_t)kx * cin + p * pix + ci);
+                    tot[p] = __smlad(xp, 0x00010001, tot[p]);
+                    for (j = 0; j < OB_NCO; j++)
+                        pos[j][p] = __smlad(xp, (int32_t)(((wa >> j) & 1u) | (((wb >> j) & 1u) << 16)), pos[j][p]);
+                }
+            }
+}
+
+static void ob_ki(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w, int mr,
+                  int32_t *acc)
+{
+    int32_t pos[OB_NCO][8], tot[8];
+    int p, j;
+    memset(pos, 0, sizeof pos);
+    memset(tot, 0, sizeof tot);
+    if (mr == 8) ob_ki_sums8(x, pix, row, cin, k, w, pos, tot);
+    else ob_ki_sums(x, pix, row, cin, k, w, mr, pos, tot);
+    for (p = 0; p < mr; p++)                    /* acc = 2 P - S, in wrapping unsigned arithmetic */
+        for (j = 0; j < OB_NCO; j++)
+            acc[p * OB_NCO + j] = (int32_t)(2u * (uint32_t)pos[j][p] - (uint32_t)tot[p]);
+}
+#endif
