@@ -51,77 +51,132 @@ def pack_step_bits(signs: np.ndarray, cin_p: int) -> np.ndarray:
 
 @dataclass
 class SlotPlan:
+    """Arena layout: every tensor's slot, and each slot's byte offset in float and integer mode."""
+
     slot_of: dict[str, int]
-    bytes_f: list[int]
-    bytes_i: list[int]
+    offsets_f: list[int]
+    offsets_i: list[int]
+    total_f: int
+    total_i: int
     head_slot: int
-
-    def offsets(self, sizes: list[int]) -> tuple[list[int], int]:
-        offs, total = [], 0
-        for size in sizes:
-            offs.append(total)
-            total += -(-size // ALIGN) * ALIGN
-        return offs, total
+    overlap: bool = False        # outputs may overwrite rows of their dying input (single-threaded only)
 
 
-def plan_slots(prog: Program) -> SlotPlan:
-    """Assign every tensor to an arena slot, reusing slots whose tensor is no longer read.
+class _NoFit(Exception):
+    pass
 
-    Tensors are NHWC with a one-pixel zero border. An identity-shortcut block writes its output over its
-    input R (each element is read before it is written); every other output gets a slot that none of
-    the step's inputs occupies.
+
+def _lag_bytes(step: ConvStep, out_row: int, in_row: int) -> int:
+    """How far below its input an output may start when it overwrites the input's consumed rows.
+
+    Rows are computed in order (all 32-channel blocks of a row, then the next row); the pixels of
+    output row oy (padded row oy + 1) are written while output row oy still reads padded input rows
+    from oy * stride - pad + 1 on, so the output's padded rows up to oy + 1 must end at or below that
+    input row: ``out_base + (oy + 2) * out_row <= in_base + (oy * stride - pad + 1) * in_row``.
+    """
+    oh = step.out_hw[0]
+    return max((oy + 2) * out_row - (oy * step.stride - step.pad + 1) * in_row for oy in range(oh))
+
+
+def plan_slots(prog: Program, overlap: bool = False) -> SlotPlan:
+    """Place every tensor in the arena by liveness (first fit by offset), in float and integer mode.
+
+    Tensors are NHWC with a one-pixel zero border; a tensor lives from the step that writes it to the
+    last step that reads it. An identity-shortcut block writes its output R over its input R (each
+    element is read before it is written). With ``overlap`` (single-threaded runs, rows in order), the
+    activation a step writes may also start below the step's conv input by :func:`_lag_bytes` and
+    overwrite the input rows already consumed, when that input dies at the step.
     """
     last_use: dict[str, int] = {}
     for i, step in enumerate(prog.steps):
         for t in (step.src, step.res_src):
             if t:
                 last_use[t] = i
-    holder: list[str | None] = []
-    size: list[int] = []
     slot_of: dict[str, int] = {}
+    order: list[str] = []
 
-    def elems(t: str) -> int:
+    def shape_bytes(t: str, esz: int) -> tuple[int, int]:
         c, h, w = prog.tensors[t]
-        return (h + 2) * (w + 2) * c
+        return (h + 2) * (w + 2) * c * esz, (w + 2) * c * esz
 
-    def alloc(t: str, i: int, taken: set[int]) -> int:
-        free = [s for s, h in enumerate(holder)
-                if s not in taken and (h is None or last_use.get(h, -1) < i)]
-        need = elems(t)
-        fits = [s for s in free if size[s] >= need]
-        if fits:
-            s = min(fits, key=lambda s: size[s])
-        elif free:
-            s = max(free, key=lambda s: size[s])
-        else:
-            holder.append(None)
-            size.append(0)
-            s = len(holder) - 1
-        holder[s] = t
-        size[s] = max(size[s], need)
-        slot_of[t] = s
-        return s
+    def layout(esz: int, top: int | None) -> tuple[dict[str, int], int] | None:
+        """First fit from offset 0 up (top None), or highest fit below ``top`` (None if it fails)."""
+        off: dict[str, int] = {}
+        size: dict[str, int] = {}
+        live: set[str] = set()
 
-    alloc("x", -1, set())
-    for i, step in enumerate(prog.steps):
-        taken = {slot_of[t] for t in (step.src, step.res_src) if t}
-        if step.epilogue == "head":
-            continue
-        if step.out:
-            if step.res == "identity":
-                s = slot_of[step.res_src]
-                holder[s] = step.out
-                slot_of[step.out] = s
-                taken.add(s)
+        def place(t: str, nbytes: int, lag_src: str | None = None, lag: int = 0) -> None:
+            size[t] = nbytes
+            need = -(-nbytes // ALIGN) * ALIGN
+            if top is None:
+                cands = sorted({0, *(-(-(off[u] + size[u]) // ALIGN) * ALIGN for u in live)})
             else:
-                taken.add(alloc(step.out, i, taken))
-        if step.act_out:
-            alloc(step.act_out, i, taken)
-    head = prog.steps[-1]
-    head_elems = head.out_hw[0] * head.out_hw[1] * prog.num_classes
-    bytes_f = [4 * n for n in size] + [4 * head_elems]
-    bytes_i = [2 * n for n in size] + [4 * head_elems]
-    return SlotPlan(slot_of=slot_of, bytes_f=bytes_f, bytes_i=bytes_i, head_slot=len(size))
+                cands = sorted({top - need, *((off[u] - need) // ALIGN * ALIGN for u in live)}, reverse=True)
+            if lag_src is not None and off[lag_src] - lag >= 0:
+                cands.insert(0, (off[lag_src] - lag) // ALIGN * ALIGN)
+            for c in cands:
+                if c < 0 or (top is not None and c + need > top):
+                    continue
+                clash = [u for u in live if c < off[u] + size[u] and off[u] < c + need]
+                if all(u == lag_src and c <= off[u] - lag for u in clash):
+                    off[t] = c
+                    break
+            else:
+                raise _NoFit
+            live.add(t)
+
+        def place_output(t: str, i: int, step: ConvStep) -> None:
+            c, h, w = prog.tensors[t]
+            nbytes = (h + 2) * (w + 2) * c * esz
+            if overlap and last_use.get(step.src) == i and step.src != step.res_src:
+                ci, _, wi = prog.tensors[step.src]
+                place(t, nbytes, step.src, _lag_bytes(step, (w + 2) * c * esz, (wi + 2) * ci * esz))
+            else:
+                place(t, nbytes)
+
+        cx, hx, wx = prog.tensors["x"]
+        place("x", (hx + 2) * (wx + 2) * cx * esz)
+        for i, step in enumerate(prog.steps):
+            if step.epilogue == "head":
+                place("@head", step.out_hw[0] * step.out_hw[1] * prog.num_classes * 4)
+                continue
+            if step.epilogue == "act":
+                place_output(step.out, i, step)
+            else:
+                if step.out and step.res == "identity":      # R in place over R_prev
+                    off[step.out], size[step.out] = off[step.res_src], size[step.res_src]
+                    live.add(step.out)
+                elif step.out:
+                    c, h, w = prog.tensors[step.out]
+                    place(step.out, (h + 2) * (w + 2) * c * esz)
+                place_output(step.act_out, i, step)
+            outs = {step.out, step.act_out}
+            for u in list(live):                              # inputs whose last reader was this step
+                if u not in outs and last_use.get(u, -1) <= i:
+                    live.discard(u)
+        total = max(off[t] + size[t] for t in off)
+        return off, -(-total // ALIGN) * ALIGN
+
+    def best(esz: int) -> tuple[dict[str, int], int]:
+        """The smaller of first fit and the smallest arena highest fit manages (bisection on its size)."""
+        plan = layout(esz, None)
+        lo, hi = 0, plan[1]
+        while hi - lo > ALIGN:
+            mid = (lo + hi) // 2 // ALIGN * ALIGN
+            try:
+                got = layout(esz, mid)
+                plan, hi = (got, got[1]) if got[1] < plan[1] else (plan, mid)
+            except _NoFit:
+                lo = mid
+        return plan
+
+    off_f, total_f = best(4)
+    off_i, total_i = best(2)
+    order = [t for t in off_f if t != "@head"]
+    slot_of = {t: k for k, t in enumerate(order)}
+    return SlotPlan(slot_of=slot_of, offsets_f=[off_f[t] for t in order] + [off_f["@head"]],
+                    offsets_i=[off_i[t] for t in order] + [off_i["@head"]], total_f=total_f, total_i=total_i,
+                    head_slot=len(order), overlap=overlap)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -167,10 +222,8 @@ def _model_header(prog: Program, plan: SlotPlan, qp: QParams | None) -> str:
     out = ["/* Generated by onebit export --format c: the model's weights, constants and layer table. */",
            "#ifndef ONEBIT_MODEL_H", "#define ONEBIT_MODEL_H", "", "#include <stddef.h>",
            "#include <stdint.h>", '#include "onebit_config.h"', '#include "onebit_internal.h"', ""]
-    offs_f, _ = plan.offsets(plan.bytes_f)
-    offs_i, _ = plan.offsets(plan.bytes_i)
-    out.append(_array("size_t", "ob_slot_f", offs_f))
-    out.append(_array("size_t", "ob_slot_i", offs_i))
+    out.append(_array("size_t", "ob_slot_f", plan.offsets_f))
+    out.append(_array("size_t", "ob_slot_i", plan.offsets_i))
     out.append(_array("float", "ob_in_a", prog.in_a))
     out.append(_array("float", "ob_in_b", prog.in_b))
     out.append(_array("float", "ob_head_a", prog.head_a))
@@ -221,8 +274,7 @@ def _model_header(prog: Program, plan: SlotPlan, qp: QParams | None) -> str:
 
 
 def _config_header(prog: Program, plan: SlotPlan, qp: QParams | None, model_id: str, name: str) -> str:
-    _, total_f = plan.offsets(plan.bytes_f)
-    _, total_i = plan.offsets(plan.bytes_i)
+    total_f, total_i = plan.total_f, plan.total_i
     weight_bytes = sum(len(pack_step_bits(s.signs, s.cin_p)) for s in prog.steps)
     lines = [
         "/* Generated by onebit export --format c: sizes and identity of the exported model. */",
@@ -235,7 +287,7 @@ def _config_header(prog: Program, plan: SlotPlan, qp: QParams | None, model_id: 
         f"#define ONEBIT_IN_W {prog.in_hw[1]}",
         f"#define ONEBIT_NUM_CLASSES {prog.num_classes}",
         f"#define ONEBIT_NUM_LAYERS {len(prog.steps)}",
-        f"#define ONEBIT_NUM_SLOTS {len(plan.bytes_f)}",
+        f"#define ONEBIT_NUM_SLOTS {len(plan.offsets_f)}",
         f"#define ONEBIT_HEAD_SLOT {plan.head_slot}",
         f"#define ONEBIT_STEM_RELU {int(prog.stem_relu)}",
         f"#define ONEBIT_HEAD_SUM {int(prog.head_pool == 'sum')}",
@@ -246,6 +298,8 @@ def _config_header(prog: Program, plan: SlotPlan, qp: QParams | None, model_id: 
         f"#define ONEBIT_ARENA_BYTES_I {total_i}",
         f"#define ONEBIT_ARENA_BYTES {max(total_f, total_i)}",
         f"#define ONEBIT_HAS_INT {int(qp is not None)}",
+        "/* 1: outputs overwrite consumed rows of their input (rows in order: one thread per image) */",
+        f"#define ONEBIT_ARENA_OVERLAP {int(plan.overlap)}",
     ]
     if qp is not None:
         lines += [f"#define ONEBIT_HEAD_QSH {qp.head_sh}",
@@ -268,10 +322,13 @@ def _write_board_files(out_dir: Path, tgt) -> None:
 
 
 def export_c(model, out_dir: Path, *, image_size: int = 32, calibration_images=None,
-             calibration_count: int = 256, target: str = HOST, **options) -> Path:
+             calibration_count: int = 256, target: str = HOST, arena_overlap: bool | None = None,
+             **options) -> Path:
     """Write the C project for ``model`` into ``out_dir`` and return ``out_dir``.
 
     ``target`` (:data:`onebit.export.targets.TARGETS`): the CPU that ``make`` builds for.
+    ``arena_overlap`` (default: on for bare-metal targets): the smaller arena plan in which outputs
+    overwrite consumed input rows; such a build runs one thread per image (see :func:`plan_slots`).
 
     ``calibration_images`` (uint8 NCHW, e.g. a few hundred training images): enables the integer mode,
     with scales chosen on the first ``calibration_count`` of them; without it only float mode is built.
@@ -293,7 +350,7 @@ def export_c(model, out_dir: Path, *, image_size: int = 32, calibration_images=N
             raise ConfigError(f"calibration images must be (N, {prog.in_c}, {prog.in_hw[0]}, {prog.in_hw[1]}), "
                               f"got {tuple(images.shape)}")
         qp = calibrate(prog, images)
-    plan = plan_slots(prog)
+    plan = plan_slots(prog, overlap=tgt.bare_metal if arena_overlap is None else arena_overlap)
     model_id = model_fingerprint(model)
     name = model.config.name
     try:
@@ -307,8 +364,8 @@ def export_c(model, out_dir: Path, *, image_size: int = 32, calibration_images=N
             _write_board_files(out_dir, tgt)
         meta = {"format": "onebit-c-runtime", "model_id": model_id, "name": name,
                 "config": model.config.to_dict(), "image_size": image_size, "target": tgt.name, "macs": prog.macs(),
-                "weights": prog.weight_count(), "arena_bytes_float": plan.offsets(plan.bytes_f)[1],
-                "arena_bytes_int": plan.offsets(plan.bytes_i)[1],
+                "weights": prog.weight_count(), "arena_bytes_float": plan.total_f,
+                "arena_bytes_int": plan.total_i, "arena_overlap": plan.overlap,
                 "qparams": qp.to_dict() if qp is not None else None}
         (out_dir / "onebit_model.json").write_text(json.dumps(meta, indent=1))
     except OSError as exc:

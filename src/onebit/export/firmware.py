@@ -204,9 +204,12 @@ def instructions_per_tick(elf: Path, board: str, cwd: Path, timeout: float = 60)
     return int(m.group(1)) / int(m.group(2))
 
 
-def run_firmware(elf: Path, images: Path, *, board: str | None = None, icount: bool = False,
+def run_firmware(elf: Path, images: Path, *, board: str | None = None, icount: bool = True,
                  timeout: float = 600) -> FirmwareRun:
-    """Run the firmware in qemu-system-arm on a raw uint8 CHW image file; parse what it prints."""
+    """Run the firmware in qemu-system-arm on a raw uint8 CHW image file; parse what it prints.
+
+    ``icount`` (default): deterministic emulated clock, 1 ns per instruction, so ticks are meaningful.
+    """
     require_tools()
     elf, images = Path(elf), Path(images)
     cwd = elf.parent
@@ -228,7 +231,7 @@ def run_firmware(elf: Path, images: Path, *, board: str | None = None, icount: b
         bits = np.array([[int(v, 16) for v in r[2:-2]] for r in rows], dtype=np.uint32)
         logits = bits.view(np.float32)
     run = FirmwareRun(mode=mode, logits=logits, preds=np.array([int(r[1]) for r in rows]),
-                      ticks=np.array([int(r[-1]) for r in rows], dtype=np.int64), kernels=info["kernels"],
+                      ticks=np.array([int(r[-1]) for r in rows], dtype=np.uint64).astype(np.int64), kernels=info["kernels"],
                       stack_used=int(info["stack_used"]))
     if icount:
         run.instructions_per_tick = instructions_per_tick(elf, board, cwd)

@@ -447,15 +447,17 @@ static void ob_head_q(const unsigned char *arena, float *logits, int32_t *lq)
 #endif
 
 /* ---------------------------------------------------------------------------------------------- */
-/* layer driver: work item = (32-channel block, output row) */
+/* layer driver: work item = (output row, 32-channel block), rows in order (all blocks of a row before
+ * the next row: an arena plan with ONEBIT_ARENA_OVERLAP relies on it) */
 
 static void ob_layer_run(const ob_layer *L, unsigned char *arena, int mode, long i0, long i1)
 {
     const ptrdiff_t pix = (ptrdiff_t)L->stride * L->cin, row = ((ptrdiff_t)L->iw + 2) * L->cin;
     const size_t wblk = (size_t)L->k * (size_t)L->k * (size_t)L->cin * 4;
+    const long nblk = (L->cout + OB_NCO - 1) / OB_NCO;
     long it;
     for (it = i0; it < i1; it++) {
-        const int blk = (int)(it / L->oh), oy = (int)(it % L->oh);
+        const int blk = (int)(it % nblk), oy = (int)(it / nblk);
         const int co0 = blk * OB_NCO, nco = L->cout - co0 < OB_NCO ? L->cout - co0 : OB_NCO;
         const uint8_t *w = L->bits + (size_t)blk * wblk;
         int ox0;
@@ -664,11 +666,12 @@ int onebit_run(int mode, const uint8_t *images, int n, float *logits, int32_t *l
         if (n > 1 && fit >= 2) {     /* images over threads, one arena each */
             int nth = fit < (size_t)threads ? (int)fit : threads;
             ob_team_run(&task, nth < n ? nth : n);
-        } else {                     /* spatial tiles of each image over threads, one arena */
+            return ONEBIT_OK;
+        } else if (!ONEBIT_ARENA_OVERLAP) {   /* spatial tiles of each image over threads, one arena */
             task.tiles = 1;
             ob_team_run(&task, threads);
+            return ONEBIT_OK;
         }
-        return ONEBIT_OK;
     }
 #endif
     ob_task_run(&task);
