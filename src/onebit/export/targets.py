@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 from onebit.errors import ConfigError
 
@@ -34,6 +35,7 @@ class Target:
     kernels: tuple[str, ...] = ("portable",)   # onebit_kernel_name() values a build for it may report
     bare_metal: bool = False
     emulator: tuple[str, ...] = ()       # command prefix that runs a built binary here; () = natively
+    sysroot: str | None = None           # target libraries the emulator needs (Linux targets)
     qemu_machine: str | None = None      # qemu-system-arm -M board (bare metal)
     werror: bool = False                 # -Werror by default (only for the compiler the project tests)
     packages: tuple[str, ...] = ()       # Debian packages providing cc and the emulator
@@ -43,9 +45,12 @@ class Target:
         return self.name != HOST
 
     def missing_tools(self) -> list[str]:
-        """Executables this target needs (compiler, emulator) that are not on PATH."""
+        """What this target needs here (compiler, emulator, sysroot) and is not installed."""
         tools = [self.cc] + ([self.emulator[0]] if self.emulator else [])
-        return [t for t in tools if shutil.which(t) is None]
+        missing = [t for t in tools if shutil.which(t) is None]
+        if self.sysroot and not Path(self.sysroot).is_dir():
+            missing.append(self.sysroot)
+        return missing
 
     def install_hint(self) -> str:
         return f"apt-get install {' '.join(self.packages)}" if self.packages else "install a C compiler"
@@ -74,7 +79,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            arch_flags=(), simd_flags=("-march=native",), kernels=("avx512", "avx2", "portable"), werror=True),
     Target("aarch64", "64-bit Arm Linux, Cortex-A53/A72/A76 class (Raspberry Pi 3/4/5, Jetson): NEON kernels",
            cc="aarch64-linux-gnu-gcc", arch_flags=("-march=armv8-a",), kernels=("neon",),
-           emulator=("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"), packages=LINUX_ARM64_PACKAGES),
+           emulator=("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"), sysroot="/usr/aarch64-linux-gnu",
+           packages=LINUX_ARM64_PACKAGES),
     Target("cortex-m4", "Arm Cortex-M4F microcontroller (bare metal; emulated on the MPS2 AN386 board)",
            cc="arm-none-eabi-gcc", arch_flags=("-mcpu=cortex-m4", *_M_PROFILE, "-mfpu=fpv4-sp-d16"),
            kernels=("dsp", "portable"), bare_metal=True, qemu_machine="mps2-an386",

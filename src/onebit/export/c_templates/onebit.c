@@ -2,8 +2,8 @@
  *
  * Build: cc -std=c99 -O2 -Wall -Wextra -Werror [-march=native | -mavx2 -mfma | -DONEBIT_PORTABLE]
  *        [-DONEBIT_THREADS=N -pthread] -c onebit.c
- * The kernels are chosen at build time: AVX-512 (F+BW), else AVX2+FMA, else portable C99; all give
- * bit-identical results (see ob_kernels_portable.h). -DONEBIT_NO_AVX512 skips the AVX-512 kernels.
+ * The kernels are chosen at build time: AVX-512 (F+BW), else AVX2+FMA, else NEON on AArch64, else
+ * portable C99; all give bit-identical results (see ob_kernels_portable.h). -DONEBIT_NO_AVX512 skips the AVX-512 kernels.
  */
 #if defined(ONEBIT_THREADS) && ONEBIT_THREADS > 1
 #define _POSIX_C_SOURCE 200112L
@@ -28,6 +28,8 @@
 #include "ob_kernels_avx512.h"
 #elif defined(__AVX2__) && defined(__FMA__)
 #include "ob_kernels_avx2.h"
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#include "ob_kernels_neon.h"
 #elif defined(__ARM_FEATURE_DSP) && !defined(ONEBIT_NO_DSP)
 #include "ob_kernels_dsp.h"
 #else

@@ -36,7 +36,7 @@
 
 /* SHA-256 of the model this library was generated from (config, sign bits, BN statistics). */
 const char *onebit_model_id(void);
-/* "avx512", "avx2" or "portable": the convolution kernels selected at build time. */
+/* "avx512", "avx2", "neon" or "portable": the convolution kernels selected at build time. */
 const char *onebit_kernel_name(void);
 /* Largest thread count this build accepts (ONEBIT_THREADS at build time, 1 without pthreads). */
 int onebit_max_threads(void);

@@ -1,0 +1,119 @@
+/* onebit C runtime: Arm NEON (AArch64 Advanced SIMD) convolution kernels, bit-identical to
+ * ob_kernels_portable.h.
+ *
+ * Both kernels compute 4 pixels x 16 output channels per pass (two passes per 32-channel block), 16
+ * accumulator registers. Each byte of sign bits indexes a table of eight +-1 values.
+ * Float: acc = fma(+-1, x, acc) = acc + (+-x) exactly (the product is exact, then one rounding), one
+ * term at a time in the portable kernel's order (ky, kx, ci).
+ * Integer: acc(int32) += (+-1) * x(int16) with the widening multiply-accumulate SMLAL: exact.
+ */
+#include <arm_neon.h>
+
+#define OB_MR 4
+#define OB_KERNEL_NAME "neon"
+
+/* float vector ops for the fused epilogues (onebit.c): the scalar epilogue's operations, 4 lanes */
+#define OB_VW 4
+typedef float32x4_t ob_vf;
+#define ob_vload(p) vld1q_f32(p)
+#define ob_vstore(p, v) vst1q_f32(p, v)
+#define ob_vset1(x) vdupq_n_f32(x)
+#define ob_vzero() vdupq_n_f32(0.0f)
+#define ob_vadd(a, b) vaddq_f32(a, b)
+#define ob_vmul(a, b) vmulq_f32(a, b)
+#define ob_vdiv(a, b) vdivq_f32(a, b)
+#define ob_vmax(a, b) vbslq_f32(vcgtq_f32(a, b), a, b)   /* a > b ? a : b, lane by lane (not FMAX: NaN) */
+
+#define OB_S(b, i) ((((b) >> (i)) & 1) ? 1.0f : -1.0f)
+#define OB_ROWF(b) {OB_S(b, 0), OB_S(b, 1), OB_S(b, 2), OB_S(b, 3), OB_S(b, 4), OB_S(b, 5), OB_S(b, 6), OB_S(b, 7)}
+#define OB_SQ(b, i) ((((b) >> (i)) & 1) ? 1 : -1)
+#define OB_ROWQ(b) {OB_SQ(b, 0), OB_SQ(b, 1), OB_SQ(b, 2), OB_SQ(b, 3), OB_SQ(b, 4), OB_SQ(b, 5), OB_SQ(b, 6), OB_SQ(b, 7)}
+#define OB_T4(R, b) R(b), R((b) + 1), R((b) + 2), R((b) + 3)
+#define OB_T16(R, b) OB_T4(R, b), OB_T4(R, (b) + 4), OB_T4(R, (b) + 8), OB_T4(R, (b) + 12)
+#define OB_T64(R, b) OB_T16(R, b), OB_T16(R, (b) + 16), OB_T16(R, (b) + 32), OB_T16(R, (b) + 48)
+#define OB_T256(R) OB_T64(R, 0), OB_T64(R, 64), OB_T64(R, 128), OB_T64(R, 192)
+
+/* byte of sign bits -> eight +-1.0f; -> eight +-1 int16 */
+static const float ob_lut_f[256][8] = {OB_T256(OB_ROWF)};
+#if ONEBIT_HAS_INT
+static const int16_t ob_lut_q[256][8] = {OB_T256(OB_ROWQ)};
+#endif
+#undef OB_SQ
+
+static void ob_kf16(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
+                    int half, int mr, float *acc)
+{
+    float32x4_t a[OB_MR][4];
+    const ptrdiff_t o1 = (mr > 1 ? 1 : 0) * pix, o2 = (mr > 2 ? 2 : mr - 1) * pix;
+    const ptrdiff_t o3 = (mr > 3 ? 3 : mr - 1) * pix;
+    int ky, kx, ci, p, q;
+    for (p = 0; p < OB_MR; p++)
+        for (q = 0; q < 4; q++) a[p][q] = vdupq_n_f32(0.0f);
+    for (ky = 0; ky < k; ky++) {
+        for (kx = 0; kx < k; kx++) {
+            const float *b0 = x + ky * row + (ptrdiff_t)kx * cin;
+            const float *b1 = b0 + o1, *b2 = b0 + o2, *b3 = b0 + o3;
+            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * 4 + 2 * half;
+            for (ci = 0; ci < cin; ci++) {
+                const float *l0 = ob_lut_f[wr[4 * ci]], *l1 = ob_lut_f[wr[4 * ci + 1]];
+                const float32x4_t w0 = vld1q_f32(l0), w1 = vld1q_f32(l0 + 4);
+                const float32x4_t w2 = vld1q_f32(l1), w3 = vld1q_f32(l1 + 4);
+                float32x4_t v;
+#define OB_STEP(bp, P) v = vld1q_dup_f32((bp) + ci); \
+                a[P][0] = vfmaq_f32(a[P][0], v, w0); a[P][1] = vfmaq_f32(a[P][1], v, w1); \
+                a[P][2] = vfmaq_f32(a[P][2], v, w2); a[P][3] = vfmaq_f32(a[P][3], v, w3);
+                OB_STEP(b0, 0) OB_STEP(b1, 1) OB_STEP(b2, 2) OB_STEP(b3, 3)
+#undef OB_STEP
+            }
+        }
+    }
+    for (p = 0; p < mr; p++)
+        for (q = 0; q < 4; q++) vst1q_f32(acc + p * OB_NCO + 16 * half + 4 * q, a[p][q]);
+}
+
+static void ob_kf(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
+                  int mr, float *acc)
+{
+    ob_kf16(x, pix, row, cin, k, w, 0, mr, acc);
+    ob_kf16(x, pix, row, cin, k, w, 1, mr, acc);
+}
+
+#if ONEBIT_HAS_INT
+static void ob_ki16(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
+                    int half, int mr, int32_t *acc)
+{
+    int32x4_t a[OB_MR][4];
+    const ptrdiff_t o1 = (mr > 1 ? 1 : 0) * pix, o2 = (mr > 2 ? 2 : mr - 1) * pix;
+    const ptrdiff_t o3 = (mr > 3 ? 3 : mr - 1) * pix;
+    int ky, kx, ci, p, q;
+    for (p = 0; p < OB_MR; p++)
+        for (q = 0; q < 4; q++) a[p][q] = vdupq_n_s32(0);
+    for (ky = 0; ky < k; ky++) {
+        for (kx = 0; kx < k; kx++) {
+            const int16_t *b0 = x + ky * row + (ptrdiff_t)kx * cin;
+            const int16_t *b1 = b0 + o1, *b2 = b0 + o2, *b3 = b0 + o3;
+            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * 4 + 2 * half;
+            for (ci = 0; ci < cin; ci++) {
+                const int16x8_t w0 = vld1q_s16(ob_lut_q[wr[4 * ci]]), w1 = vld1q_s16(ob_lut_q[wr[4 * ci + 1]]);
+                int16x8_t v;
+#define OB_STEP(bp, P) v = vld1q_dup_s16((bp) + ci); \
+                a[P][0] = vmlal_s16(a[P][0], vget_low_s16(w0), vget_low_s16(v)); \
+                a[P][1] = vmlal_high_s16(a[P][1], w0, v); \
+                a[P][2] = vmlal_s16(a[P][2], vget_low_s16(w1), vget_low_s16(v)); \
+                a[P][3] = vmlal_high_s16(a[P][3], w1, v);
+                OB_STEP(b0, 0) OB_STEP(b1, 1) OB_STEP(b2, 2) OB_STEP(b3, 3)
+#undef OB_STEP
+            }
+        }
+    }
+    for (p = 0; p < mr; p++)
+        for (q = 0; q < 4; q++) vst1q_s32(acc + p * OB_NCO + 16 * half + 4 * q, a[p][q]);
+}
+
+static void ob_ki(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
+                  int mr, int32_t *acc)
+{
+    ob_ki16(x, pix, row, cin, k, w, 0, mr, acc);
+    ob_ki16(x, pix, row, cin, k, w, 1, mr, acc);
+}
+#endif
