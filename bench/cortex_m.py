@@ -5,6 +5,7 @@ loop of known length measures on the same board).
 
     PYTHONPATH=src python bench/cortex_m.py sizes  RUN_OR_CONFIG...      # flash / RAM table
     PYTHONPATH=src python bench/cortex_m.py icount RUN...                # instructions per image
+    PYTHONPATH=src python bench/cortex_m.py arena CONFIG...              # arena plans vs lower bound
 
 RUN: a run directory / checkpoint / .onebit file; CONFIG: depth-width (e.g. 20-10, random weights:
 sizes do not depend on weights).
@@ -81,5 +82,57 @@ def icount(specs: list[str], n_images: int = 2) -> None:
                           flush=True)
 
 
+def live_lower_bound(prog, esz: int, overlap: bool) -> int:
+    """max over steps of the bytes that must be live at once: inputs still to be read and outputs (an
+    identity R counted once; with overlap an output over its dying conv input spans
+    max(input + lag, output) bytes). No plan can be smaller (alignment ignored)."""
+    from onebit.export.c_runtime import _lag_bytes
+
+    def nbytes(t):
+        c, h, w = prog.tensors[t]
+        return (h + 2) * (w + 2) * c * esz, (w + 2) * c * esz
+
+    last = {}
+    for i, st in enumerate(prog.steps):
+        for t in (st.src, st.res_src):
+            if t:
+                last[t] = i
+    best = 0
+    for i, st in enumerate(prog.steps):
+        defined = {"x"} | {t for s2 in prog.steps[:i] for t in (s2.out, s2.act_out) if t}
+        live = {t for t in defined if last.get(t, -1) >= i}
+        if st.epilogue == "head":
+            total = sum(nbytes(t)[0] for t in live) + st.out_hw[0] * st.out_hw[1] * prog.num_classes * 4
+            best = max(best, total)
+            continue
+        out = st.act_out if st.epilogue == "res" else st.out
+        total = sum(nbytes(t)[0] for t in live)
+        if st.epilogue == "res" and st.out and st.res != "identity":
+            total += nbytes(st.out)[0]
+        o, orow = nbytes(out)
+        if overlap and last.get(st.src) == i and st.src != st.res_src:
+            src, srow = nbytes(st.src)
+            total += max(src + _lag_bytes(st, orow, srow), o) - src
+        else:
+            total += o
+        best = max(best, total)
+    return best
+
+
+def arena(specs: list[str]) -> None:
+    from onebit.export.c_program import lower
+    from onebit.export.c_runtime import plan_slots
+
+    print("| model | mode | planned, host | lower bound, host | planned, bare metal | lower bound, bare metal |")
+    print("|---|---|---|---|---|---|")
+    for spec in specs:
+        model, name = load(spec)
+        prog = lower(model)
+        host, bare = plan_slots(prog), plan_slots(prog, overlap=True)
+        for mode, esz, a, b in (("int", 2, host.total_i, bare.total_i), ("float", 4, host.total_f, bare.total_f)):
+            print(f"| {name} | {mode} | {a:,} | {live_lower_bound(prog, esz, False):,} | {b:,} | "
+                  f"{live_lower_bound(prog, esz, True):,} |")
+
+
 if __name__ == "__main__":
-    {"sizes": sizes, "icount": icount}[sys.argv[1]](sys.argv[2:])
+    {"sizes": sizes, "icount": icount, "arena": arena}[sys.argv[1]](sys.argv[2:])

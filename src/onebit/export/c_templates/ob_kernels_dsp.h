@@ -1,4 +1,4 @@
-/* onebit C runtime: integer kernel for Cortex-M cores with the DSP extension (ARMv7E-M: Cortex-M4, M7;
+/* onebit C runtime: kernels for Cortex-M cores with the DSP extension (ARMv7E-M: Cortex-M4, M7;
  * ARMv8-M Mainline with DSP: M33, M55), selected when the compiler defines __ARM_FEATURE_DSP.
  *
  * The portable kernel's sum acc[p][j] = sum_t s_tj x_tp (s = +-1 from the weight bits, t over (ky, kx, ci))
@@ -8,13 +8,91 @@
  * products added to a 32-bit accumulator) adds b_ci x_ci + b_ci+1 x_ci+1 for the lanes (b_ci, b_ci+1) in
  * {0, 1}: two conditional additions in one single-cycle instruction, with each weight lane pair shared by
  * the OB_MR pixels of the tile. Integer sums are exact in any order, so the logits are bit-identical to
- * the portable kernel's (and to every other kernel's). The float kernel is the portable one (FPU). */
+ * the portable kernel's (and to every other kernel's). */
 #include <arm_acle.h>
 
 #define OB_MR 8                         /* pixels per tile (the full-tile kernel assumes 8) */
 #define OB_KERNEL_NAME "dsp"
-#define OB_OWN_INT_KERNEL 1
-#include "ob_kernels_portable.h"
+
+/* Float kernel (FPU): for each output channel j, the eight pixels' sums stay in registers over all taps,
+ * and the term s * x (exactly +-x) is x with its sign bit flipped when the weight bit is 0, so every sum
+ * takes the same terms in the same order (ky, kx, ci) as the portable kernel: bit-identical results.
+ * Outputs whose weights are all +1 (the padding of a 16-channel layer) have identical sums, computed once. */
+static inline uint32_t ob_fbits(const float *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static inline float ob_bitsf(uint32_t v)
+{
+    float f;
+    memcpy(&f, &v, 4);
+    return f;
+}
+
+static void ob_kf(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w, int mr,
+                  float *acc)
+{
+    int p, j, ky, kx, ci;
+    if (mr != OB_MR) {                  /* partial tile: one pixel at a time, same order */
+        for (p = 0; p < mr; p++)
+            for (j = 0; j < OB_NCO; j++) {
+                float a = 0.0f;
+                for (ky = 0; ky < k; ky++)
+                    for (kx = 0; kx < k; kx++)
+                        for (ci = 0; ci < cin; ci++) {
+                            uint32_t word;
+                            memcpy(&word, w + ((size_t)(ky * k + kx) * (size_t)cin + (size_t)ci) * 4, 4);
+                            a += ob_bitsf(ob_fbits(x + ky * row + (ptrdiff_t)kx * cin + p * pix + ci) ^
+                                          ((~word >> j) & 1u) << 31);
+                        }
+                acc[p * OB_NCO + j] = a;
+            }
+        return;
+    }
+    uint32_t ones = 0xFFFFFFFFu;        /* outputs whose weights are all +1 (e.g. a block's padding) */
+    int first_one = -1;
+    size_t t;
+    for (t = 0; t < (size_t)k * (size_t)k * (size_t)cin; t++) {
+        uint32_t word;
+        memcpy(&word, w + 4 * t, 4);
+        ones &= word;
+    }
+    for (j = 0; j < OB_NCO; j++) {
+        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f, a4 = 0.0f, a5 = 0.0f, a6 = 0.0f, a7 = 0.0f;
+        if ((ones >> j) & 1u) {         /* all-+1 outputs have the same sums: compute them once */
+            if (first_one >= 0) {
+                for (p = 0; p < OB_MR; p++) acc[p * OB_NCO + j] = acc[p * OB_NCO + first_one];
+                continue;
+            }
+            first_one = j;
+        }
+        for (ky = 0; ky < k; ky++) {
+            for (kx = 0; kx < k; kx++) {
+                const float *xr = x + ky * row + (ptrdiff_t)kx * cin;
+                const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * 4;
+                for (ci = 0; ci < cin; ci++) {
+                    const float *xc = xr + ci;
+                    uint32_t word, m;
+                    memcpy(&word, wr + 4 * ci, 4);
+                    m = ((~word >> j) & 1u) << 31;          /* sign flip where the weight is -1 */
+                    a0 += ob_bitsf(ob_fbits(xc) ^ m);
+                    a1 += ob_bitsf(ob_fbits(xc + pix) ^ m);
+                    a2 += ob_bitsf(ob_fbits(xc + 2 * pix) ^ m);
+                    a3 += ob_bitsf(ob_fbits(xc + 3 * pix) ^ m);
+                    a4 += ob_bitsf(ob_fbits(xc + 4 * pix) ^ m);
+                    a5 += ob_bitsf(ob_fbits(xc + 5 * pix) ^ m);
+                    a6 += ob_bitsf(ob_fbits(xc + 6 * pix) ^ m);
+                    a7 += ob_bitsf(ob_fbits(xc + 7 * pix) ^ m);
+                }
+            }
+        }
+        acc[j] = a0; acc[OB_NCO + j] = a1; acc[2 * OB_NCO + j] = a2; acc[3 * OB_NCO + j] = a3;
+        acc[4 * OB_NCO + j] = a4; acc[5 * OB_NCO + j] = a5; acc[6 * OB_NCO + j] = a6; acc[7 * OB_NCO + j] = a7;
+    }
+}
 
 #if ONEBIT_HAS_INT
 /* P += b x for one weight lane pair b and the eight pixels' channel pairs x0..x7 */
@@ -35,7 +113,8 @@ static inline int32_t ob_pair(const int16_t *p)
 
 /* P (channel-major [j][8]) and S of a full tile of eight pixels */
 static __attribute__((noinline)) void ob_ki_sums8(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin,
-                                                  int k, const uint8_t *w, int32_t (*pos)[8], int32_t *tot)
+                                                  int k, const uint8_t *w, int halves, int32_t (*pos)[8],
+                                                  int32_t *tot)
 {
     int j, ky, kx, ci;
     for (ky = 0; ky < k; ky++) {
@@ -53,11 +132,18 @@ static __attribute__((noinline)) void ob_ki_sums8(const int16_t *x, ptrdiff_t pi
                 lo = (wa & 0xFFFFu) | (wb << 16);        /* lane pairs of outputs 0..15 */
                 hi = (wa >> 16) | (wb & 0xFFFF0000u);    /* outputs 16..31 */
                 OB_SMLAD8(tot, 0x00010001);
-                for (j = 0; j < OB_NCO / 2; j++) {
-                    const int32_t bl = (int32_t)((lo >> j) & 0x00010001u);
-                    const int32_t bh = (int32_t)((hi >> j) & 0x00010001u);
-                    OB_SMLAD8(pos[j], bl);
-                    OB_SMLAD8(pos[OB_NCO / 2 + j], bh);
+                if (halves == 2) {
+                    for (j = 0; j < OB_NCO / 2; j++) {
+                        const int32_t bl = (int32_t)((lo >> j) & 0x00010001u);
+                        const int32_t bh = (int32_t)((hi >> j) & 0x00010001u);
+                        OB_SMLAD8(pos[j], bl);
+                        OB_SMLAD8(pos[OB_NCO / 2 + j], bh);
+                    }
+                } else {
+                    for (j = 0; j < OB_NCO / 2; j++) {
+                        const int32_t bl = (int32_t)((lo >> j) & 0x00010001u);
+                        OB_SMLAD8(pos[j], bl);
+                    }
                 }
             }
         }
@@ -90,12 +176,22 @@ static void ob_ki(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k
 {
     int32_t pos[OB_NCO][8], tot[8];
     int p, j;
+    uint32_t all = 0xFFFFFFFFu;
+    size_t t;
+    /* Outputs 16..31 whose bits are all 1 (the padding of a 16-channel layer, or a real channel with
+     * every weight +1) have P = S exactly: skip their half of the work. */
+    for (t = 0; t < (size_t)k * (size_t)k * (size_t)cin; t++) {
+        uint32_t word;
+        memcpy(&word, w + 4 * t, 4);
+        all &= word;
+    }
     memset(pos, 0, sizeof pos);
     memset(tot, 0, sizeof tot);
-    if (mr == 8) ob_ki_sums8(x, pix, row, cin, k, w, pos, tot);
+    if (mr == 8) ob_ki_sums8(x, pix, row, cin, k, w, (all >> 16) == 0xFFFFu ? 1 : 2, pos, tot);
     else ob_ki_sums(x, pix, row, cin, k, w, mr, pos, tot);
     for (p = 0; p < mr; p++)                    /* acc = 2 P - S, in wrapping unsigned arithmetic */
         for (j = 0; j < OB_NCO; j++)
-            acc[p * OB_NCO + j] = (int32_t)(2u * (uint32_t)pos[j][p] - (uint32_t)tot[p]);
+            acc[p * OB_NCO + j] = (int32_t)(2u * (uint32_t)(mr == 8 && j >= OB_NCO / 2 && (all >> 16) == 0xFFFFu
+                                                                ? tot[p] : pos[j][p]) - (uint32_t)tot[p]);
 }
 #endif

@@ -6,10 +6,8 @@
  * Float sums are accumulated one term at a time in that order, so every kernel gives bit-identical
  * results; integer sums are exact in any order. Pixel p's window starts at x + p * pix.
  */
-#ifndef OB_KERNEL_NAME
 #define OB_MR 8
 #define OB_KERNEL_NAME "portable"
-#endif
 
 static void ob_kf(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
                   int mr, float *acc)
@@ -33,7 +31,7 @@ static void ob_kf(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, 
     }
 }
 
-#if ONEBIT_HAS_INT && !defined(OB_OWN_INT_KERNEL)
+#if ONEBIT_HAS_INT
 static void ob_ki(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
                   int mr, int32_t *acc)
 {
