@@ -74,7 +74,7 @@ def icount(specs: list[str], n_images: int = 2) -> None:
                 (out / "images.bin").write_bytes(test.numpy().tobytes())
                 macs = int([l for l in (out / "onebit_config.h").read_text().splitlines()
                             if "ONEBIT_MACS" in l][0].split()[2].rstrip("ULL"))
-                for mode, flags in (("int", ""), ("int", "-DONEBIT_NO_DSP"), ("float", "")):
+                for mode, flags in (("int", ""), ("int", "-DONEBIT_NO_DSP"), ("float", ""), ("float", "-DONEBIT_NO_DSP")):
                     elf = build_firmware(out, mode, flags=flags, measure_only=False)
                     run = run_firmware(elf, out / "images.bin", icount=True, timeout=1800)
                     per = float(np.mean(run.instructions()))

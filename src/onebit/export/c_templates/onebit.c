@@ -2,8 +2,10 @@
  *
  * Build: cc -std=c99 -O2 -Wall -Wextra -Werror [-march=native | -mavx2 -mfma | -DONEBIT_PORTABLE]
  *        [-DONEBIT_THREADS=N -pthread] -c onebit.c
- * The kernels are chosen at build time: AVX-512 (F+BW), else AVX2+FMA, else NEON on AArch64, else
- * portable C99; all give bit-identical results (see ob_kernels_portable.h). -DONEBIT_NO_AVX512 skips the AVX-512 kernels.
+ * The kernels are chosen at build time: AVX-512 (F+BW), else AVX2+FMA, else NEON on AArch64, else the
+ * Cortex-M DSP kernels (__ARM_FEATURE_DSP: M4, M7, M33, M55), else
+ * portable C99; all give bit-identical results (see ob_kernels_portable.h). -DONEBIT_NO_AVX512 skips the AVX-512 kernels,
+ * -DONEBIT_NO_DSP the Cortex-M ones.
  */
 #if defined(ONEBIT_THREADS) && ONEBIT_THREADS > 1
 #define _POSIX_C_SOURCE 200112L

@@ -1,0 +1,69 @@
+"""The arena planner: tensors that are live together never share bytes, except an identity block's R
+(written in place) and, in the overlap plan, an output over the already-consumed rows of its dying
+input, which must start at least the lag below it."""
+
+from __future__ import annotations
+
+import pytest
+
+from onebit.export.c_program import lower
+from onebit.export.c_runtime import _lag_bytes, plan_slots
+from onebit.models import WRNConfig, build_model
+
+
+def spans(prog, plan, esz):
+    offsets = plan.offsets_i if esz == 2 else plan.offsets_f
+    out = {}
+    for t, slot in plan.slot_of.items():
+        c, h, w = prog.tensors[t]
+        out[t] = (offsets[slot], offsets[slot] + (h + 2) * (w + 2) * c * esz, (w + 2) * c * esz)
+    return out
+
+
+@pytest.mark.parametrize("cfg", [WRNConfig(depth=8, width=1), WRNConfig(depth=14, width=2),
+                                 WRNConfig(depth=8, width=1, norm="bn", pad_mode="tf_same")],
+                         ids=["8-1", "14-2", "bn-tf-8-1"])
+@pytest.mark.parametrize("overlap", [False, True])
+def test_live_tensors_never_collide(cfg, overlap):
+    prog = lower(build_model(cfg))
+    plan = plan_slots(prog, overlap=overlap)
+    last = {}
+    for i, st in enumerate(prog.steps):
+        for t in (st.src, st.res_src):
+            if t:
+                last[t] = i
+    for esz, total in ((2, plan.total_i), (4, plan.total_f)):
+        sp = spans(prog, plan, esz)
+        assert max(e for _, e, _ in sp.values()) <= total
+        head_off = (plan.offsets_i if esz == 2 else plan.offsets_f)[plan.head_slot]
+        for i, st in enumerate(prog.steps):
+            if st.epilogue == "head":                            # partial sums beside the last A
+                lo, hi, _ = sp[st.src]
+                head_bytes = st.out_hw[0] * st.out_hw[1] * prog.num_classes * 4
+                assert head_off >= hi or head_off + head_bytes <= lo
+                assert head_off + head_bytes <= total
+                continue
+            written = [t for t in (st.out, st.act_out) if t]
+            defined = {"x"} | {t for s in prog.steps[:i] for t in (s.out, s.act_out) if t}
+            live = {t for t in defined if t not in written and last.get(t, -1) >= i}
+            for t in written:
+                lo, hi, row = sp[t]
+                for u in live:
+                    ulo, uhi, urow = sp[u]
+                    if hi <= ulo or lo >= uhi:
+                        continue
+                    if st.res == "identity" and t == st.out and u == st.res_src:
+                        assert lo == ulo                            # in place, element by element
+                    else:
+                        assert overlap and u == st.src and last[u] == i, (t, u)
+                        assert lo <= ulo - _lag_bytes(st, row, urow)
+            if len(written) == 2 and st.res != "identity":
+                a, b = sp[written[0]], sp[written[1]]
+                assert a[1] <= b[0] or b[1] <= a[0]
+
+
+def test_overlap_plan_meets_the_wrn_8_1_targets():
+    plan = plan_slots(lower(build_model(WRNConfig(depth=8, width=1))), overlap=True)
+    assert plan.total_i <= 100_000 and plan.total_f <= 200_000
+    host = plan_slots(lower(build_model(WRNConfig(depth=8, width=1))))
+    assert host.total_i < 134_272 and host.total_f < 265_984     # smaller than the old slot plan too
