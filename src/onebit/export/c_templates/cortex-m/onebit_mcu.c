@@ -94,6 +94,7 @@ static void ob_put_i64(int64_t v)
     }
 }
 
+#if OB_FIRMWARE_MODE != ONEBIT_INT
 static void ob_put_hex32(uint32_t v)
 {
     static const char digits[] = "0123456789abcdef";
@@ -105,6 +106,7 @@ static void ob_put_hex32(uint32_t v)
     buf[10] = '\0';
     ob_put(buf);
 }
+#endif
 
 static void ob_flush(void)
 {
