@@ -67,3 +67,32 @@ def test_overlap_plan_meets_the_wrn_8_1_targets():
     assert plan.total_i <= 100_000 and plan.total_f <= 200_000
     host = plan_slots(lower(build_model(WRNConfig(depth=8, width=1))))
     assert host.total_i < 134_272 and host.total_f < 265_984     # smaller than the old slot plan too
+
+
+def test_overlap_plan_computes_what_the_plain_plan_computes(tmp_path, cifar10_dir):
+    """A host build of the overlapping plan (one thread) gives the Python fixed-point model's logits."""
+    import json
+    import shutil
+    import subprocess
+
+    import numpy as np
+    import torch
+
+    from onebit.data.cifar import load_cifar
+    from onebit.export.c_runtime import export_c
+    from onebit.export.fixed_point import QParams, run_program_int
+
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler (cc) on PATH")
+    images = load_cifar("cifar10", cifar10_dir, train=False, download=False).images[:8]
+    calib = load_cifar("cifar10", cifar10_dir, train=True, download=False).images[:128]
+    torch.manual_seed(0)
+    model = build_model(WRNConfig(depth=8, width=2)).eval()      # 2-4 blocks of 32 channels per layer
+    out = export_c(model, tmp_path / "c", calibration_images=calib, arena_overlap=True)
+    (out / "images.bin").write_bytes(images.numpy().tobytes())
+    subprocess.run(["make", "-C", str(out), "portable"], check=True, capture_output=True)
+    text = subprocess.run([str(out / "onebit_demo"), "--int", "--raw", str(out / "images.bin")], check=True,
+                          capture_output=True, text=True).stdout
+    got = np.array([[int(v) for v in line.split()[2:]] for line in text.strip().splitlines()])
+    qp = QParams.from_dict(json.loads((out / "onebit_model.json").read_text())["qparams"])
+    assert np.array_equal(got, run_program_int(lower(model), qp, images))

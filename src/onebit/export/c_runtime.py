@@ -73,10 +73,15 @@ def _lag_bytes(step: ConvStep, out_row: int, in_row: int) -> int:
     Rows are computed in order (all 32-channel blocks of a row, then the next row); the pixels of
     output row oy (padded row oy + 1) are written while output row oy still reads padded input rows
     from oy * stride - pad + 1 on, so the output's padded rows up to oy + 1 must end at or below that
-    input row: ``out_base + (oy + 2) * out_row <= in_base + (oy * stride - pad + 1) * in_row``.
+    input row: ``out_base + (oy + 2) * out_row <= in_base + (oy * stride - pad + 1) * in_row``; the
+    zero bottom border row (oh + 1) is written per block, before the next block reads the last rows.
     """
     oh = step.out_hw[0]
-    return max((oy + 2) * out_row - (oy * step.stride - step.pad + 1) * in_row for oy in range(oh))
+    first = [oy * step.stride - step.pad + 1 for oy in range(oh)]
+    lag = max((oy + 2) * out_row - first[oy] * in_row for oy in range(oh))
+    # the bottom border row (padded row oh + 1) is zeroed per block, while later blocks still read
+    # the last row's inputs
+    return max(lag, (oh + 2) * out_row - first[-1] * in_row)
 
 
 def plan_slots(prog: Program, overlap: bool = False) -> SlotPlan:
