@@ -40,11 +40,11 @@ static void ob_kf(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, 
             const float *b = x + ky * row + (ptrdiff_t)kx * cin;
             const float *b0 = b + o[0], *b1 = b + o[1], *b2 = b + o[2], *b3 = b + o[3];
             const float *b4 = b + o[4], *b5 = b + o[5], *b6 = b + o[6], *b7 = b + o[7];
-            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * 4;
+            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * OB_TAP_BYTES;
             for (ci = 0; ci < cin; ci++) {
                 uint32_t m;
                 __m512 w0, w1, v;
-                memcpy(&m, wr + 4 * ci, 4);
+                memcpy(&m, wr + OB_TAP_BYTES * ci, 4);
                 w0 = _mm512_mask_blend_ps((__mmask16)(m & 0xFFFFu), neg, pos);
                 w1 = _mm512_mask_blend_ps((__mmask16)(m >> 16), neg, pos);
 #define OB_STEP(bp, A0, A1) v = _mm512_set1_ps((bp)[ci]); A0 = _mm512_fmadd_ps(v, w0, A0); A1 = _mm512_fmadd_ps(v, w1, A1);
@@ -111,13 +111,13 @@ static void ob_ki(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k
             const int16_t *b = x + ky * row + (ptrdiff_t)kx * cin;
             const int16_t *b0 = b + o[0], *b1 = b + o[1], *b2 = b + o[2], *b3 = b + o[3];
             const int16_t *b4 = b + o[4], *b5 = b + o[5], *b6 = b + o[6], *b7 = b + o[7];
-            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * 4;
+            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * OB_TAP_BYTES;
             for (ci = 0; ci < cin; ci += 2) {
                 uint32_t m0, m1;
                 int32_t pr;
                 __m512i w0, w1, v;
-                memcpy(&m0, wr + 4 * ci, 4);
-                memcpy(&m1, wr + 4 * ci + 4, 4);
+                memcpy(&m0, wr + OB_TAP_BYTES * ci, 4);
+                memcpy(&m1, wr + OB_TAP_BYTES * (ci + 1), 4);
                 w0 = _mm512_mask_blend_epi16((__mmask32)ob_interleave(m0 & 0xFFFFu, m1 & 0xFFFFu), neg, pos);
                 w1 = _mm512_mask_blend_epi16((__mmask32)ob_interleave(m0 >> 16, m1 >> 16), neg, pos);
 #define OB_STEP(bp, A0, A1) memcpy(&pr, (bp) + ci, 4); v = _mm512_set1_epi32(pr); OB_DP(A0, v, w0); OB_DP(A1, v, w1);

@@ -53,9 +53,10 @@ static void ob_kf16(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k
         for (kx = 0; kx < k; kx++) {
             const float *b0 = x + ky * row + (ptrdiff_t)kx * cin;
             const float *b1 = b0 + o1, *b2 = b0 + o2, *b3 = b0 + o3;
-            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * 4 + 2 * half;
+            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * OB_TAP_BYTES + 2 * half;
             for (ci = 0; ci < cin; ci++) {
-                const float *l0 = ob_lut_f[wr[4 * ci]], *l1 = ob_lut_f[wr[4 * ci + 1]];
+                const uint8_t *t = wr + OB_TAP_BYTES * ci;
+                const float *l0 = ob_lut_f[t[0]], *l1 = ob_lut_f[t[1]];
                 const float32x4_t w0 = vld1q_f32(l0), w1 = vld1q_f32(l0 + 4);
                 const float32x4_t w2 = vld1q_f32(l1), w3 = vld1q_f32(l1 + 4);
                 float32x4_t v;
@@ -92,9 +93,10 @@ static void ob_ki16(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int
         for (kx = 0; kx < k; kx++) {
             const int16_t *b0 = x + ky * row + (ptrdiff_t)kx * cin;
             const int16_t *b1 = b0 + o1, *b2 = b0 + o2, *b3 = b0 + o3;
-            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * 4 + 2 * half;
+            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * OB_TAP_BYTES + 2 * half;
             for (ci = 0; ci < cin; ci++) {
-                const int16x8_t w0 = vld1q_s16(ob_lut_q[wr[4 * ci]]), w1 = vld1q_s16(ob_lut_q[wr[4 * ci + 1]]);
+                const uint8_t *t = wr + OB_TAP_BYTES * ci;
+                const int16x8_t w0 = vld1q_s16(ob_lut_q[t[0]]), w1 = vld1q_s16(ob_lut_q[t[1]]);
                 int16x8_t v;
 #define OB_STEP(bp, P) v = vld1q_dup_s16((bp) + ci); \
                 a[P][0] = vmlal_s16(a[P][0], vget_low_s16(w0), vget_low_s16(v)); \

@@ -37,6 +37,8 @@
 /* The integer mode's rounding shifts need >> of negative values to be arithmetic (all C99 compilers
  * in use do this, but the standard leaves it implementation-defined). */
 typedef char ob_arithmetic_shift_check[((-7) >> 1) == -4 ? 1 : -1];
+/* The kernels are written for blocks of 32 output channels, one 32-bit word of sign bits per tap. */
+typedef char ob_block_check[OB_NCO == 32 && OB_TAP_BYTES * 8 == OB_NCO ? 1 : -1];
 
 #define OB_F(arena, slot) ((float *)((arena) + ob_slot_f[slot]))
 #define OB_Q(arena, slot) ((int16_t *)((arena) + ob_slot_i[slot]))
@@ -452,7 +454,7 @@ static void ob_head_q(const unsigned char *arena, float *logits, int32_t *lq)
 static void ob_layer_run(const ob_layer *L, unsigned char *arena, int mode, long i0, long i1)
 {
     const ptrdiff_t pix = (ptrdiff_t)L->stride * L->cin, row = ((ptrdiff_t)L->iw + 2) * L->cin;
-    const size_t wblk = (size_t)L->k * (size_t)L->k * (size_t)L->cin * 4;
+    const size_t wblk = (size_t)L->k * (size_t)L->k * (size_t)L->cin * OB_TAP_BYTES;
     long it;
     for (it = i0; it < i1; it++) {
         const int blk = (int)(it / L->oh), oy = (int)(it % L->oh);
@@ -651,7 +653,7 @@ int onebit_run(int mode, const uint8_t *images, int n, float *logits, int32_t *l
     if (mode != ONEBIT_FLOAT && mode != ONEBIT_INT) return ONEBIT_EARGS;
     if (mode == ONEBIT_INT && !ONEBIT_HAS_INT) return ONEBIT_ENOINT;
     if (n < 0 || (n > 0 && (!images || (!logits && !(mode == ONEBIT_INT && logits_q))))) return ONEBIT_EARGS;
-    if (!arena || ((uintptr_t)arena & 15u) || arena_bytes < per) return ONEBIT_EARENA;
+    if (!arena || ((uintptr_t)arena % ONEBIT_ARENA_ALIGN) || arena_bytes < per) return ONEBIT_EARENA;
     if (n == 0) return ONEBIT_OK;
     if (threads > OB_MAXT) threads = OB_MAXT;
     if (threads < 1) threads = 1;
