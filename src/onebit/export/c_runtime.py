@@ -33,7 +33,7 @@ from onebit.export.targets import HOST, get_target
 
 TEMPLATES = Path(__file__).with_name("c_templates")
 STATIC_FILES = ("onebit.h", "onebit_internal.h", "onebit.c", "ob_kernels_portable.h", "ob_kernels_avx2.h",
-                "ob_kernels_avx512.h", "ob_kernels_neon.h", "onebit_demo.c", "Makefile", "README.txt")
+                "ob_kernels_avx512.h", "ob_kernels_neon.h", "ob_output_step.h", "onebit_demo.c", "Makefile", "README.txt")
 GENERATED_FILES = ("onebit_contract.h", "onebit_config.h", "onebit_model.h", "onebit_target.mk", "onebit_model.json")
 
 
