@@ -33,8 +33,11 @@ from onebit.export.targets import HOST, get_target
 
 TEMPLATES = Path(__file__).with_name("c_templates")
 STATIC_FILES = ("onebit.h", "onebit_internal.h", "onebit.c", "ob_kernels_portable.h", "ob_kernels_avx2.h",
-                "ob_kernels_avx512.h", "ob_kernels_neon.h", "ob_output_step.h", "onebit_demo.c", "Makefile", "README.txt")
-GENERATED_FILES = ("onebit_contract.h", "onebit_config.h", "onebit_model.h", "onebit_target.mk", "onebit_model.json")
+                "ob_kernels_avx512.h", "ob_kernels_neon.h", "ob_output_step.h", "onebit_demo.c", "Makefile",
+                "README.txt")
+GENERATED_FILES = ("onebit_contract.h", "onebit_config.h", "onebit_model.h", "onebit_target.mk",
+                   "onebit_model.json")
+ALIGN = SLOT_ALIGN          # arena slot offsets (c_contract)
 
 
 def pack_step_bits(signs: np.ndarray, cin_p: int) -> np.ndarray:
@@ -58,7 +61,7 @@ class SlotPlan:
         offs, total = [], 0
         for size in sizes:
             offs.append(total)
-            total += -(-size // SLOT_ALIGN) * SLOT_ALIGN
+            total += -(-size // ALIGN) * ALIGN
         return offs, total
 
 

@@ -25,9 +25,11 @@ typedef float32x4_t ob_vf;
 #define ob_vmax(a, b) vbslq_f32(vcgtq_f32(a, b), a, b)   /* a > b ? a : b, lane by lane (not FMAX: NaN) */
 
 #define OB_S(b, i) ((((b) >> (i)) & 1) ? 1.0f : -1.0f)
-#define OB_ROWF(b) {OB_S(b, 0), OB_S(b, 1), OB_S(b, 2), OB_S(b, 3), OB_S(b, 4), OB_S(b, 5), OB_S(b, 6), OB_S(b, 7)}
+#define OB_ROWF(b) {OB_S(b, 0), OB_S(b, 1), OB_S(b, 2), OB_S(b, 3), \
+                    OB_S(b, 4), OB_S(b, 5), OB_S(b, 6), OB_S(b, 7)}
 #define OB_SQ(b, i) ((((b) >> (i)) & 1) ? 1 : -1)
-#define OB_ROWQ(b) {OB_SQ(b, 0), OB_SQ(b, 1), OB_SQ(b, 2), OB_SQ(b, 3), OB_SQ(b, 4), OB_SQ(b, 5), OB_SQ(b, 6), OB_SQ(b, 7)}
+#define OB_ROWQ(b) {OB_SQ(b, 0), OB_SQ(b, 1), OB_SQ(b, 2), OB_SQ(b, 3), \
+                    OB_SQ(b, 4), OB_SQ(b, 5), OB_SQ(b, 6), OB_SQ(b, 7)}
 #define OB_T4(R, b) R(b), R((b) + 1), R((b) + 2), R((b) + 3)
 #define OB_T16(R, b) OB_T4(R, b), OB_T4(R, (b) + 4), OB_T4(R, (b) + 8), OB_T4(R, (b) + 12)
 #define OB_T64(R, b) OB_T16(R, b), OB_T16(R, (b) + 16), OB_T16(R, (b) + 32), OB_T16(R, (b) + 48)

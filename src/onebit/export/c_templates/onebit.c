@@ -3,7 +3,8 @@
  * Build: cc -std=c99 -O2 -Wall -Wextra -Werror [-march=native | -mavx2 -mfma | -DONEBIT_PORTABLE]
  *        [-DONEBIT_THREADS=N -pthread] -c onebit.c
  * The kernels are chosen at build time: AVX-512 (F+BW), else AVX2+FMA, else NEON on AArch64, else
- * portable C99; all give bit-identical results (see ob_kernels_portable.h). -DONEBIT_NO_AVX512 skips the AVX-512 kernels.
+ * portable C99; all give bit-identical results (see ob_kernels_portable.h). -DONEBIT_NO_AVX512 skips
+ * the AVX-512 kernels. Every kernel's accumulators go through the one output step, ob_output_step.h.
  */
 #if defined(ONEBIT_THREADS) && ONEBIT_THREADS > 1
 #define _POSIX_C_SOURCE 200112L
