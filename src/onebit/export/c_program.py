@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from onebit.errors import ConfigError
+from onebit.export.c_contract import NCO
 from onebit.models import WideResNet
 from onebit.nn import BinaryConv2d, ShiftedReLU
 
-NCO = 32                    # output channels per block of packed bits (one 32-bit word per tap)
 
 
 @dataclass

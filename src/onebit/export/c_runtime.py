@@ -25,19 +25,22 @@ import numpy as np
 import torch
 
 from onebit.errors import ConfigError, OnebitError
-from onebit.export.c_program import NCO, Program, lower, model_fingerprint
+from onebit.export import c_contract
+from onebit.export.c_contract import NCO, SLOT_ALIGN, kind_name
+from onebit.export.c_program import Program, lower, model_fingerprint
 from onebit.export.fixed_point import QParams, calibrate
 from onebit.export.targets import HOST, get_target
 
 TEMPLATES = Path(__file__).with_name("c_templates")
 STATIC_FILES = ("onebit.h", "onebit_internal.h", "onebit.c", "ob_kernels_portable.h", "ob_kernels_avx2.h",
-                "ob_kernels_avx512.h", "ob_kernels_neon.h", "ob_kernels_dsp.h", "onebit_demo.c", "Makefile",
-                "README.txt")
-GENERATED_FILES = ("onebit_config.h", "onebit_model.h", "onebit_target.mk", "onebit_model.json")
+                "ob_kernels_avx512.h", "ob_kernels_neon.h", "ob_kernels_dsp.h", "ob_output_step.h", "onebit_demo.c",
+                "Makefile", "README.txt")
+GENERATED_FILES = ("onebit_contract.h", "onebit_config.h", "onebit_model.h", "onebit_target.mk",
+                   "onebit_model.json")
 # bare-metal targets (Cortex-M): reset code, linker scripts, semihosting harness, `make firmware`
 BARE_METAL_FILES = ("cortex-m/firmware.mk", "cortex-m/onebit_mcu.c", "cortex-m/startup_cortexm.c",
                     "cortex-m/ob_semihost.c", "cortex-m/ob_semihost.h", "cortex-m/boards/cortex-m-sections.ld")
-ALIGN = 64
+ALIGN = SLOT_ALIGN          # arena slot offsets (c_contract)
 
 
 def pack_step_bits(signs: np.ndarray, cin_p: int) -> np.ndarray:
@@ -219,9 +222,10 @@ def _bytes_array(name: str, data: np.ndarray) -> str:
     return (f"static const uint8_t {name}[{len(data)}] = {{\n" + ",\n".join(lines) + "\n};\n")
 
 
-ACT_KIND = {"none": "OB_ACT_NONE", "srelu": "OB_ACT_SRELU", "affine_relu": "OB_ACT_AFFINE_RELU"}
-EPI_KIND = {"act": "OB_EPI_ACT", "res": "OB_EPI_RES", "head": "OB_EPI_HEAD"}
-RES_KIND = {"none": "OB_RES_NONE", "identity": "OB_RES_IDENTITY", "pool": "OB_RES_POOL"}
+ACT_KIND = {k: kind_name("ACT", k) for k in c_contract.ACTIVATIONS}
+EPI_KIND = {k: kind_name("EPI", k) for k in c_contract.EPILOGUES}
+RES_KIND = {k: kind_name("RES", k) for k in c_contract.RESIDUALS}
+LAYER_FIELDS = frozenset(c_contract.layer_field_names())
 
 
 def _model_header(prog: Program, plan: SlotPlan, qp: QParams | None) -> str:
@@ -273,6 +277,7 @@ def _model_header(prog: Program, plan: SlotPlan, qp: QParams | None) -> str:
             if lq.q_pool_m:
                 out.append(_array("int32_t", f"ob_q_pool_m_{i}", lq.q_pool_m))
                 fields.update(q_pool_m=f"ob_q_pool_m_{i}")
+        assert LAYER_FIELDS.issuperset(fields), sorted(set(fields) - LAYER_FIELDS)
         entries.append("    {" + ", ".join(f".{k} = {v}" for k, v in fields.items()) + "}")
     out.append(f"static const ob_layer ob_layers[ONEBIT_NUM_LAYERS] = {{\n" + ",\n".join(entries) + "\n};\n")
     out.append("#endif")
@@ -363,6 +368,7 @@ def export_c(model, out_dir: Path, *, image_size: int = 32, calibration_images=N
         out_dir.mkdir(parents=True, exist_ok=True)
         for fname in STATIC_FILES:
             shutil.copyfile(TEMPLATES / fname, out_dir / fname)
+        (out_dir / "onebit_contract.h").write_text(c_contract.contract_header())
         (out_dir / "onebit_config.h").write_text(_config_header(prog, plan, qp, model_id, name))
         (out_dir / "onebit_model.h").write_text(_model_header(prog, plan, qp))
         (out_dir / "onebit_target.mk").write_text(tgt.makefile_fragment())

@@ -27,14 +27,13 @@ import numpy as np
 import torch
 
 from onebit.errors import ConfigError, OnebitError
+from onebit.export import c_contract
 from onebit.export.c_program import model_fingerprint
 from onebit.export.c_runtime import STATIC_FILES, TEMPLATES, export_c, read_export_info
 
-FLOAT, INT = 0, 1
-MODES = {"float": FLOAT, "int": INT}
+MODES = c_contract.MODES
+FLOAT, INT = MODES["float"], MODES["int"]
 BASE_FLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off", "-fPIC", "-shared"]
-ERRORS = {-1: "arena too small or misaligned", -2: "bad arguments", -3: "no integer mode in this build",
-          -4: "cannot start a thread"}
 
 
 class RuntimeMismatchError(OnebitError):
@@ -205,8 +204,8 @@ class CRuntime:
         per = self._lib.onebit_arena_bytes(mode)
         key = (mode, workers)
         if key not in self._arenas:
-            buf = np.zeros(per * workers + 64, dtype=np.uint8)
-            offset = (-buf.ctypes.data) % 64
+            buf = np.zeros(per * workers + c_contract.SLOT_ALIGN, dtype=np.uint8)
+            offset = (-buf.ctypes.data) % c_contract.SLOT_ALIGN
             self._arenas[key] = (buf, offset)
         buf, offset = self._arenas[key]
         return buf, buf.ctypes.data + offset, per * workers
@@ -241,6 +240,6 @@ class CRuntime:
                                       logits[start:stop].ctypes.data, qlogits[start:stop].ctypes.data,
                                       arena, arena_bytes, threads)
             if rc != 0:
-                raise OnebitError(f"C runtime error {rc}: {ERRORS.get(rc, 'unknown')}")
+                raise OnebitError(f"C runtime error {rc}: {c_contract.ERROR_MEANING.get(rc, 'unknown')}")
         del buf
         return (logits, qlogits) if return_int else logits

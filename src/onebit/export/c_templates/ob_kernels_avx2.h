@@ -50,10 +50,10 @@ static void ob_kf16(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k
         for (kx = 0; kx < k; kx++) {
             const float *b0 = x + ky * row + (ptrdiff_t)kx * cin;
             const float *b1 = b0 + o1, *b2 = b0 + o2, *b3 = b0 + o3;
-            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * 4 + 2 * half;
+            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * OB_TAP_BYTES + 2 * half;
             for (ci = 0; ci < cin; ci++) {
-                const __m256 w0 = _mm256_loadu_ps(ob_lut_f[wr[4 * ci]]);
-                const __m256 w1 = _mm256_loadu_ps(ob_lut_f[wr[4 * ci + 1]]);
+                const __m256 w0 = _mm256_loadu_ps(ob_lut_f[wr[OB_TAP_BYTES * ci]]);
+                const __m256 w1 = _mm256_loadu_ps(ob_lut_f[wr[OB_TAP_BYTES * ci + 1]]);
                 __m256 v;
                 v = _mm256_broadcast_ss(b0 + ci); a00 = _mm256_fmadd_ps(v, w0, a00); a01 = _mm256_fmadd_ps(v, w1, a01);
                 v = _mm256_broadcast_ss(b1 + ci); a10 = _mm256_fmadd_ps(v, w0, a10); a11 = _mm256_fmadd_ps(v, w1, a11);
@@ -92,9 +92,9 @@ static void ob_ki16(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int
         for (kx = 0; kx < k; kx++) {
             const int16_t *b0 = x + ky * row + (ptrdiff_t)kx * cin;
             const int16_t *b1 = b0 + o1, *b2 = b0 + o2, *b3 = b0 + o3;
-            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * 4 + 2 * half;
+            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * OB_TAP_BYTES + 2 * half;
             for (ci = 0; ci < cin; ci += 2) {
-                const uint8_t *q0 = wr + 4 * ci, *q1 = q0 + 4;
+                const uint8_t *q0 = wr + OB_TAP_BYTES * ci, *q1 = q0 + OB_TAP_BYTES;
                 const __m256i w0 = _mm256_or_si256(_mm256_loadu_si256((const __m256i *)ob_lut_lo[q0[0]]),
                                                    _mm256_loadu_si256((const __m256i *)ob_lut_hi[q1[0]]));
                 const __m256i w1 = _mm256_or_si256(_mm256_loadu_si256((const __m256i *)ob_lut_lo[q0[1]]),

@@ -11,7 +11,6 @@
 
 #define OB_MR 8
 #define OB_KERNEL_NAME "avx512"
-#define OB_KERNEL_AVX512_INT 1    /* onebit.c: vector integer epilogue */
 
 /* float vector ops for the fused epilogues (onebit.c): the scalar epilogue's operations, 16 lanes */
 #define OB_VW 16
@@ -40,11 +39,11 @@ static void ob_kf(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, 
             const float *b = x + ky * row + (ptrdiff_t)kx * cin;
             const float *b0 = b + o[0], *b1 = b + o[1], *b2 = b + o[2], *b3 = b + o[3];
             const float *b4 = b + o[4], *b5 = b + o[5], *b6 = b + o[6], *b7 = b + o[7];
-            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * 4;
+            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * OB_TAP_BYTES;
             for (ci = 0; ci < cin; ci++) {
                 uint32_t m;
                 __m512 w0, w1, v;
-                memcpy(&m, wr + 4 * ci, 4);
+                memcpy(&m, wr + OB_TAP_BYTES * ci, 4);
                 w0 = _mm512_mask_blend_ps((__mmask16)(m & 0xFFFFu), neg, pos);
                 w1 = _mm512_mask_blend_ps((__mmask16)(m >> 16), neg, pos);
 #define OB_STEP(bp, A0, A1) v = _mm512_set1_ps((bp)[ci]); A0 = _mm512_fmadd_ps(v, w0, A0); A1 = _mm512_fmadd_ps(v, w1, A1);
@@ -90,6 +89,88 @@ static uint32_t ob_interleave(uint32_t a, uint32_t b)
 }
 #endif
 
+/* integer vector ops for the output step (onebit.c, ob_output_step.h): the scalar step's int64
+ * arithmetic on 16 channels, 8 lanes per vector (int32 x int32 products with vpmuldq), so results are
+ * identical. */
+#define OB_QW 16
+typedef struct { __m512i lo, hi; } ob_qv;         /* 16 channels as two vectors of 8 int64 */
+
+static ob_qv ob_q_widen32(__m512i v)
+{
+    ob_qv r;
+    r.lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v));
+    r.hi = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1));
+    return r;
+}
+
+static ob_qv ob_q_acc(const int32_t *p)
+{
+    return ob_q_widen32(_mm512_loadu_si512(p));
+}
+
+static ob_qv ob_q_load16(const int16_t *p)
+{
+    return ob_q_widen32(_mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)p)));
+}
+
+static __m512i ob_q_rq8(__m512i v, __m512i m, int sh)
+{
+    const __m512i half = _mm512_set1_epi64((long long)((int64_t)1 << (sh - 1)));
+    return _mm512_sra_epi64(_mm512_add_epi64(_mm512_mul_epi32(v, m), half), _mm_cvtsi32_si128(sh));
+}
+
+static ob_qv ob_q_rq(ob_qv v, int32_t m, int sh)
+{
+    const __m512i mv = _mm512_set1_epi64(m);
+    v.lo = ob_q_rq8(v.lo, mv, sh);
+    v.hi = ob_q_rq8(v.hi, mv, sh);
+    return v;
+}
+
+/* per channel: rq(v, m[c], sh) + b[c] */
+static ob_qv ob_q_affine(ob_qv v, const int32_t *m, const int32_t *b, int sh)
+{
+    const ob_qv mv = ob_q_widen32(_mm512_loadu_si512(m)), bv = ob_q_widen32(_mm512_loadu_si512(b));
+    v.lo = _mm512_add_epi64(ob_q_rq8(v.lo, mv.lo, sh), bv.lo);
+    v.hi = _mm512_add_epi64(ob_q_rq8(v.hi, mv.hi, sh), bv.hi);
+    return v;
+}
+
+static ob_qv ob_q_add(ob_qv a, ob_qv b)
+{
+    a.lo = _mm512_add_epi64(a.lo, b.lo);
+    a.hi = _mm512_add_epi64(a.hi, b.hi);
+    return a;
+}
+
+static ob_qv ob_q_set1(int64_t x)
+{
+    ob_qv r;
+    r.lo = r.hi = _mm512_set1_epi64((long long)x);
+    return r;
+}
+
+static ob_qv ob_q_max(ob_qv a, ob_qv b)
+{
+    a.lo = _mm512_max_epi64(a.lo, b.lo);
+    a.hi = _mm512_max_epi64(a.hi, b.hi);
+    return a;
+}
+
+static ob_qv ob_q_sat(ob_qv a)
+{
+    const __m512i lo = _mm512_set1_epi64(-32767), hi = _mm512_set1_epi64(32767);
+    a.lo = _mm512_min_epi64(_mm512_max_epi64(a.lo, lo), hi);
+    a.hi = _mm512_min_epi64(_mm512_max_epi64(a.hi, lo), hi);
+    return a;
+}
+
+static void ob_q_store16(int16_t *p, ob_qv a)
+{
+    _mm_storeu_si128((__m128i *)p, _mm512_cvtepi64_epi16(a.lo));
+    _mm_storeu_si128((__m128i *)(p + 8), _mm512_cvtepi64_epi16(a.hi));
+}
+
 #if defined(__AVX512VNNI__)
 #define OB_DP(A, V, W) A = _mm512_dpwssd_epi32(A, V, W)
 #else
@@ -111,13 +192,13 @@ static void ob_ki(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k
             const int16_t *b = x + ky * row + (ptrdiff_t)kx * cin;
             const int16_t *b0 = b + o[0], *b1 = b + o[1], *b2 = b + o[2], *b3 = b + o[3];
             const int16_t *b4 = b + o[4], *b5 = b + o[5], *b6 = b + o[6], *b7 = b + o[7];
-            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * 4;
+            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * OB_TAP_BYTES;
             for (ci = 0; ci < cin; ci += 2) {
                 uint32_t m0, m1;
                 int32_t pr;
                 __m512i w0, w1, v;
-                memcpy(&m0, wr + 4 * ci, 4);
-                memcpy(&m1, wr + 4 * ci + 4, 4);
+                memcpy(&m0, wr + OB_TAP_BYTES * ci, 4);
+                memcpy(&m1, wr + OB_TAP_BYTES * (ci + 1), 4);
                 w0 = _mm512_mask_blend_epi16((__mmask32)ob_interleave(m0 & 0xFFFFu, m1 & 0xFFFFu), neg, pos);
                 w1 = _mm512_mask_blend_epi16((__mmask32)ob_interleave(m0 >> 16, m1 >> 16), neg, pos);
 #define OB_STEP(bp, A0, A1) memcpy(&pr, (bp) + ci, 4); v = _mm512_set1_epi32(pr); OB_DP(A0, v, w0); OB_DP(A1, v, w1);

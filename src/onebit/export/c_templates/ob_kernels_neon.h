@@ -6,6 +6,7 @@
  * Float: acc = fma(+-1, x, acc) = acc + (+-x) exactly (the product is exact, then one rounding), one
  * term at a time in the portable kernel's order (ky, kx, ci).
  * Integer: acc(int32) += (+-1) * x(int16) with the widening multiply-accumulate SMLAL: exact.
+ * The output step (ob_output_step.h) runs on 4 float lanes and on 8 int64 channels (ob_q*).
  */
 #include <arm_neon.h>
 
@@ -25,9 +26,11 @@ typedef float32x4_t ob_vf;
 #define ob_vmax(a, b) vbslq_f32(vcgtq_f32(a, b), a, b)   /* a > b ? a : b, lane by lane (not FMAX: NaN) */
 
 #define OB_S(b, i) ((((b) >> (i)) & 1) ? 1.0f : -1.0f)
-#define OB_ROWF(b) {OB_S(b, 0), OB_S(b, 1), OB_S(b, 2), OB_S(b, 3), OB_S(b, 4), OB_S(b, 5), OB_S(b, 6), OB_S(b, 7)}
+#define OB_ROWF(b) {OB_S(b, 0), OB_S(b, 1), OB_S(b, 2), OB_S(b, 3), \
+                    OB_S(b, 4), OB_S(b, 5), OB_S(b, 6), OB_S(b, 7)}
 #define OB_SQ(b, i) ((((b) >> (i)) & 1) ? 1 : -1)
-#define OB_ROWQ(b) {OB_SQ(b, 0), OB_SQ(b, 1), OB_SQ(b, 2), OB_SQ(b, 3), OB_SQ(b, 4), OB_SQ(b, 5), OB_SQ(b, 6), OB_SQ(b, 7)}
+#define OB_ROWQ(b) {OB_SQ(b, 0), OB_SQ(b, 1), OB_SQ(b, 2), OB_SQ(b, 3), \
+                    OB_SQ(b, 4), OB_SQ(b, 5), OB_SQ(b, 6), OB_SQ(b, 7)}
 #define OB_T4(R, b) R(b), R((b) + 1), R((b) + 2), R((b) + 3)
 #define OB_T16(R, b) OB_T4(R, b), OB_T4(R, (b) + 4), OB_T4(R, (b) + 8), OB_T4(R, (b) + 12)
 #define OB_T64(R, b) OB_T16(R, b), OB_T16(R, (b) + 16), OB_T16(R, (b) + 32), OB_T16(R, (b) + 48)
@@ -53,9 +56,10 @@ static void ob_kf16(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k
         for (kx = 0; kx < k; kx++) {
             const float *b0 = x + ky * row + (ptrdiff_t)kx * cin;
             const float *b1 = b0 + o1, *b2 = b0 + o2, *b3 = b0 + o3;
-            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * 4 + 2 * half;
+            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * OB_TAP_BYTES + 2 * half;
             for (ci = 0; ci < cin; ci++) {
-                const float *l0 = ob_lut_f[wr[4 * ci]], *l1 = ob_lut_f[wr[4 * ci + 1]];
+                const uint8_t *t = wr + OB_TAP_BYTES * ci;
+                const float *l0 = ob_lut_f[t[0]], *l1 = ob_lut_f[t[1]];
                 const float32x4_t w0 = vld1q_f32(l0), w1 = vld1q_f32(l0 + 4);
                 const float32x4_t w2 = vld1q_f32(l1), w3 = vld1q_f32(l1 + 4);
                 float32x4_t v;
@@ -79,6 +83,94 @@ static void ob_kf(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, 
 }
 
 #if ONEBIT_HAS_INT
+/* integer vector ops for the output step (onebit.c, ob_output_step.h): the scalar step's int64
+ * arithmetic on 8 channels, 2 lanes per vector. Products are int32 x int32 -> int64 (SMULL): the
+ * step's operands (accumulators, int16 activations, pool sums) and multipliers all fit in int32. */
+#define OB_QW 8
+typedef struct { int64x2_t v[4]; } ob_qv;          /* 8 channels as four vectors of 2 int64 */
+
+static ob_qv ob_q_widen(int32x4_t lo, int32x4_t hi)
+{
+    ob_qv r;
+    r.v[0] = vmovl_s32(vget_low_s32(lo)); r.v[1] = vmovl_high_s32(lo);
+    r.v[2] = vmovl_s32(vget_low_s32(hi)); r.v[3] = vmovl_high_s32(hi);
+    return r;
+}
+
+static ob_qv ob_q_acc(const int32_t *p) { return ob_q_widen(vld1q_s32(p), vld1q_s32(p + 4)); }
+
+static ob_qv ob_q_load16(const int16_t *p)
+{
+    const int16x8_t x = vld1q_s16(p);
+    return ob_q_widen(vmovl_s16(vget_low_s16(x)), vmovl_high_s16(x));
+}
+
+static ob_qv ob_q_set1(int64_t x)
+{
+    ob_qv r;
+    r.v[0] = r.v[1] = r.v[2] = r.v[3] = vdupq_n_s64(x);
+    return r;
+}
+
+/* (v * m + 2^(sh-1)) >> sh per lane, m as two int32 lanes */
+static int64x2_t ob_q_rq2(int64x2_t v, int32x2_t m, int sh)
+{
+    const int64x2_t t = vaddq_s64(vmull_s32(vmovn_s64(v), m), vdupq_n_s64((int64_t)1 << (sh - 1)));
+    return vshlq_s64(t, vdupq_n_s64(-sh));             /* negative count: arithmetic shift right */
+}
+
+static ob_qv ob_q_rq(ob_qv v, int32_t m, int sh)
+{
+    const int32x2_t mv = vdup_n_s32(m);
+    int i;
+    for (i = 0; i < 4; i++) v.v[i] = ob_q_rq2(v.v[i], mv, sh);
+    return v;
+}
+
+/* per channel: rq(v, m[c], sh) + b[c] */
+static ob_qv ob_q_affine(ob_qv v, const int32_t *m, const int32_t *b, int sh)
+{
+    const int32x4_t m0 = vld1q_s32(m), m1 = vld1q_s32(m + 4);
+    const ob_qv bv = ob_q_widen(vld1q_s32(b), vld1q_s32(b + 4));
+    v.v[0] = vaddq_s64(ob_q_rq2(v.v[0], vget_low_s32(m0), sh), bv.v[0]);
+    v.v[1] = vaddq_s64(ob_q_rq2(v.v[1], vget_high_s32(m0), sh), bv.v[1]);
+    v.v[2] = vaddq_s64(ob_q_rq2(v.v[2], vget_low_s32(m1), sh), bv.v[2]);
+    v.v[3] = vaddq_s64(ob_q_rq2(v.v[3], vget_high_s32(m1), sh), bv.v[3]);
+    return v;
+}
+
+static ob_qv ob_q_add(ob_qv a, ob_qv b)
+{
+    int i;
+    for (i = 0; i < 4; i++) a.v[i] = vaddq_s64(a.v[i], b.v[i]);
+    return a;
+}
+
+static ob_qv ob_q_max(ob_qv a, ob_qv b)
+{
+    int i;
+    for (i = 0; i < 4; i++) a.v[i] = vbslq_s64(vcgtq_s64(a.v[i], b.v[i]), a.v[i], b.v[i]);
+    return a;
+}
+
+static ob_qv ob_q_sat(ob_qv a)
+{
+    const int64x2_t lo = vdupq_n_s64(-32767), hi = vdupq_n_s64(32767);
+    int i;
+    for (i = 0; i < 4; i++) {
+        a.v[i] = vbslq_s64(vcgtq_s64(a.v[i], lo), a.v[i], lo);
+        a.v[i] = vbslq_s64(vcgtq_s64(a.v[i], hi), hi, a.v[i]);
+    }
+    return a;
+}
+
+static void ob_q_store16(int16_t *p, ob_qv a)
+{
+    const int32x4_t lo = vcombine_s32(vmovn_s64(a.v[0]), vmovn_s64(a.v[1]));
+    const int32x4_t hi = vcombine_s32(vmovn_s64(a.v[2]), vmovn_s64(a.v[3]));
+    vst1q_s16(p, vcombine_s16(vmovn_s32(lo), vmovn_s32(hi)));
+}
+
 static void ob_ki16(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
                     int half, int mr, int32_t *acc)
 {
@@ -92,9 +184,10 @@ static void ob_ki16(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int
         for (kx = 0; kx < k; kx++) {
             const int16_t *b0 = x + ky * row + (ptrdiff_t)kx * cin;
             const int16_t *b1 = b0 + o1, *b2 = b0 + o2, *b3 = b0 + o3;
-            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * 4 + 2 * half;
+            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * OB_TAP_BYTES + 2 * half;
             for (ci = 0; ci < cin; ci++) {
-                const int16x8_t w0 = vld1q_s16(ob_lut_q[wr[4 * ci]]), w1 = vld1q_s16(ob_lut_q[wr[4 * ci + 1]]);
+                const uint8_t *t = wr + OB_TAP_BYTES * ci;
+                const int16x8_t w0 = vld1q_s16(ob_lut_q[t[0]]), w1 = vld1q_s16(ob_lut_q[t[1]]);
                 int16x8_t v;
 #define OB_STEP(bp, P) v = vld1q_dup_s16((bp) + ci); \
                 a[P][0] = vmlal_s16(a[P][0], vget_low_s16(w0), vget_low_s16(v)); \

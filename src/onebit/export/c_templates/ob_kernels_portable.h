@@ -17,10 +17,10 @@ static void ob_kf(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, 
     for (ky = 0; ky < k; ky++) {
         for (kx = 0; kx < k; kx++) {
             const float *xr = x + ky * row + (ptrdiff_t)kx * cin;
-            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * 4;
+            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * OB_TAP_BYTES;
             for (ci = 0; ci < cin; ci++) {
                 float s[OB_NCO];            /* this tap's signs as +-1.0f: v * s[j] is exactly +-v */
-                for (j = 0; j < OB_NCO; j++) s[j] = ((wr[4 * ci + (j >> 3)] >> (j & 7)) & 1) ? 1.0f : -1.0f;
+                for (j = 0; j < OB_NCO; j++) s[j] = ((wr[OB_TAP_BYTES * ci + (j >> 3)] >> (j & 7)) & 1) ? 1.0f : -1.0f;
                 for (p = 0; p < mr; p++) {
                     const float v = xr[p * pix + ci];
                     float *a = acc + p * OB_NCO;
@@ -40,10 +40,10 @@ static void ob_ki(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k
     for (ky = 0; ky < k; ky++) {
         for (kx = 0; kx < k; kx++) {
             const int16_t *xr = x + ky * row + (ptrdiff_t)kx * cin;
-            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * 4;
+            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * OB_TAP_BYTES;
             for (ci = 0; ci < cin; ci++) {
                 int32_t m[OB_NCO];          /* 0 where the weight is +1, -1 where it is -1 */
-                for (j = 0; j < OB_NCO; j++) m[j] = ((wr[4 * ci + (j >> 3)] >> (j & 7)) & 1) - 1;
+                for (j = 0; j < OB_NCO; j++) m[j] = ((wr[OB_TAP_BYTES * ci + (j >> 3)] >> (j & 7)) & 1) - 1;
                 for (p = 0; p < mr; p++) {
                     const int32_t v = xr[p * pix + ci];
                     int32_t *a = acc + p * OB_NCO;

@@ -3,9 +3,9 @@
  * Build: cc -std=c99 -O2 -Wall -Wextra -Werror [-march=native | -mavx2 -mfma | -DONEBIT_PORTABLE]
  *        [-DONEBIT_THREADS=N -pthread] -c onebit.c
  * The kernels are chosen at build time: AVX-512 (F+BW), else AVX2+FMA, else NEON on AArch64, else the
- * Cortex-M DSP kernels (__ARM_FEATURE_DSP: M4, M7, M33, M55), else
- * portable C99; all give bit-identical results (see ob_kernels_portable.h). -DONEBIT_NO_AVX512 skips the AVX-512 kernels,
- * -DONEBIT_NO_DSP the Cortex-M ones.
+ * Cortex-M DSP kernels (__ARM_FEATURE_DSP: M4, M7, M33, M55), else portable C99; all give bit-identical
+ * results (see ob_kernels_portable.h). -DONEBIT_NO_AVX512 skips the AVX-512 kernels, -DONEBIT_NO_DSP the
+ * Cortex-M ones. Every kernel's accumulators go through the one output step, ob_output_step.h.
  */
 #if defined(ONEBIT_THREADS) && ONEBIT_THREADS > 1
 #define _POSIX_C_SOURCE 200112L
@@ -41,6 +41,8 @@
 /* The integer mode's rounding shifts need >> of negative values to be arithmetic (all C99 compilers
  * in use do this, but the standard leaves it implementation-defined). */
 typedef char ob_arithmetic_shift_check[((-7) >> 1) == -4 ? 1 : -1];
+/* The kernels are written for blocks of 32 output channels, one 32-bit word of sign bits per tap. */
+typedef char ob_block_check[OB_NCO == 32 && OB_TAP_BYTES * 8 == OB_NCO ? 1 : -1];
 
 #define OB_F(arena, slot) ((float *)((arena) + ob_slot_f[slot]))
 #define OB_Q(arena, slot) ((int16_t *)((arena) + ob_slot_i[slot]))
@@ -86,83 +88,57 @@ static int ob_pool_window(const ob_layer *L, int oy, int ox, int *y0, int *x0)
 /* ---------------------------------------------------------------------------------------------- */
 /* float mode */
 
-static float ob_act_f(const ob_layer *L, float v, int co)
+#define OB_CAT_(a, b) a##b
+#define OB_CAT(a, b) OB_CAT_(a, b)
+
+static float ob_max_f(float a, float b) { return a > b ? a : b; }
+
+static float ob_affine_f(const ob_layer *L, float v, int co)
 {
-    float t;
-    if (L->act == OB_ACT_SRELU) return v < -1.0f ? -1.0f : v;
-    if (L->act != OB_ACT_AFFINE_RELU) return v;
-    t = v * L->act_a[co];
-    t = t + L->act_b[co];
-    return t > 0.0f ? t : 0.0f;
+    const float t = v * L->act_a[co];
+    return t + L->act_b[co];
 }
 
-static float ob_pool_f(const float *r, const ob_layer *L, int oy, int ox, int co)
-{
-    int y0, x0, dy, dx;
-    const int count = ob_pool_window(L, oy, ox, &y0, &x0);
-    const size_t w2 = (size_t)L->res_w + 2;
-    float s = 0.0f;
-    for (dy = 0; dy < 3; dy++)
-        for (dx = 0; dx < 3; dx++)
-            s += r[((size_t)(y0 + dy + 1) * w2 + (size_t)(x0 + dx + 1)) * (size_t)L->res_c + (size_t)co];
-    return s / (float)count;
-}
+/* the output step (ob_output_step.h) on one float channel */
+#define OS_NAME ob_out_f1
+#define OS_E float
+#define OS_A float
+#define OS_V float
+#define os_acc(p) (*(p))
+#define os_scale(L, v) ((v) * (L)->scale)
+#define os_t_in(L, v) os_scale(L, v)
+#define os_res(L, p) (*(p))
+#define os_load(p) (*(p))
+#define os_store(p, v) (*(p) = (v))
+#define os_add(a, b) ((a) + (b))
+#define os_max(a, b) ob_max_f(a, b)
+#define os_zero() 0.0f
+#define os_lo(L) (-1.0f)
+#define os_affine(L, v, co) ob_affine_f(L, v, co)
+#define os_pool_avg(L, s, n) ((s) / (float)(n))
+#define os_sat(v) (v)
+#include "ob_output_step.h"
 
 #if defined(OB_VW)
-/* Vector forms of ob_act_f / ob_pool_f / ob_epi_f: the same IEEE operations in the same order on OB_VW
- * channels at once, so they give the scalar code's results bit for bit (max(-1, v) = v < -1 ? -1 : v;
- * max(t, 0) = t > 0 ? t : 0, NaN included). */
-static ob_vf ob_act_v(const ob_layer *L, ob_vf v, int co)
-{
-    ob_vf t;
-    if (L->act == OB_ACT_SRELU) return ob_vmax(ob_vset1(-1.0f), v);
-    if (L->act != OB_ACT_AFFINE_RELU) return v;
-    t = ob_vmul(v, ob_vload(L->act_a + co));
-    t = ob_vadd(t, ob_vload(L->act_b + co));
-    return ob_vmax(t, ob_vzero());
-}
-
-static ob_vf ob_pool_v(const float *r, const ob_layer *L, int oy, int ox, int co)
-{
-    int y0, x0, dy, dx;
-    const int count = ob_pool_window(L, oy, ox, &y0, &x0);
-    const size_t w2 = (size_t)L->res_w + 2;
-    ob_vf s = ob_vzero();
-    for (dy = 0; dy < 3; dy++)
-        for (dx = 0; dx < 3; dx++)
-            s = ob_vadd(s, ob_vload(r + ((size_t)(y0 + dy + 1) * w2 + (size_t)(x0 + dx + 1)) * (size_t)L->res_c +
-                                    (size_t)co));
-    return ob_vdiv(s, ob_vset1((float)count));
-}
-
-/* full 32-channel blocks of act / res epilogues; returns 0 when the scalar code must do it */
-static int ob_epi_f_vec(const ob_layer *L, unsigned char *arena, int oy, int ox0, int mr, int co0, int nco,
-                        const float *acc)
-{
-    float *dst = L->dst >= 0 ? OB_F(arena, L->dst) : NULL;
-    float *adst = L->act_dst >= 0 ? OB_F(arena, L->act_dst) : NULL;
-    const float *res = L->res_src >= 0 ? OB_F(arena, L->res_src) : NULL;
-    const ob_vf scale = ob_vset1(L->scale);
-    int p, h;
-    if (nco != OB_NCO || L->epi == OB_EPI_HEAD || (L->res == OB_RES_POOL && L->res_c % OB_VW)) return 0;
-    for (p = 0; p < mr; p++) {
-        const int ox = ox0 + p;
-        const size_t o = ((size_t)(oy + 1) * ((size_t)L->ow + 2) + (size_t)ox + 1) * (size_t)L->cout;
-        for (h = 0; h < OB_NCO; h += OB_VW) {
-            const int co = co0 + h;
-            ob_vf v = ob_vmul(ob_vload(acc + p * OB_NCO + h), scale);
-            if (L->epi == OB_EPI_ACT) {
-                ob_vstore(dst + o + co, ob_act_v(L, v, co));
-                continue;
-            }
-            if (L->res == OB_RES_IDENTITY) v = ob_vadd(v, ob_vload(res + o + co));
-            else if (L->res == OB_RES_POOL && co < L->res_c) v = ob_vadd(v, ob_pool_v(res, L, oy, ox, co));
-            if (dst) ob_vstore(dst + o + co, v);
-            ob_vstore(adst + o + co, ob_act_v(L, v, co));
-        }
-    }
-    return 1;
-}
+/* ... and on OB_VW float channels with the kernel's vector operations (ob_v*) */
+#define OS_NAME ob_out_fv
+#define OS_E float
+#define OS_A float
+#define OS_V ob_vf
+#define os_acc(p) ob_vload(p)
+#define os_scale(L, v) ob_vmul(v, ob_vset1((L)->scale))
+#define os_t_in(L, v) os_scale(L, v)
+#define os_res(L, p) ob_vload(p)
+#define os_load(p) ob_vload(p)
+#define os_store(p, v) ob_vstore(p, v)
+#define os_add(a, b) ob_vadd(a, b)
+#define os_max(a, b) ob_vmax(a, b)
+#define os_zero() ob_vzero()
+#define os_lo(L) ob_vset1(-1.0f)
+#define os_affine(L, v, co) ob_vadd(ob_vmul(v, ob_vload((L)->act_a + (co))), ob_vload((L)->act_b + (co)))
+#define os_pool_avg(L, s, n) ob_vdiv(s, ob_vset1((float)(n)))
+#define os_sat(v) (v)
+#include "ob_output_step.h"
 #endif
 
 static void ob_epi_f(const ob_layer *L, unsigned char *arena, int oy, int ox0, int mr, int co0, int nco,
@@ -173,28 +149,25 @@ static void ob_epi_f(const ob_layer *L, unsigned char *arena, int oy, int ox0, i
     const float *res = L->res_src >= 0 ? OB_F(arena, L->res_src) : NULL;
     float *head = OB_F(arena, ONEBIT_HEAD_SLOT);
     int p, j;
-#if defined(OB_VW)
-    if (ob_epi_f_vec(L, arena, oy, ox0, mr, co0, nco, acc)) return;
-#endif
     for (p = 0; p < mr; p++) {
         const int ox = ox0 + p;
+        const float *a = acc + p * OB_NCO;
         const size_t o = ((size_t)(oy + 1) * ((size_t)L->ow + 2) + (size_t)ox + 1) * (size_t)L->cout;
-        for (j = 0; j < nco; j++) {
-            const int co = co0 + j;
-            float v = acc[p * OB_NCO + j] * L->scale;
-            if (L->epi == OB_EPI_ACT) {
-                dst[o + co] = ob_act_f(L, v, co);
-            } else if (L->epi == OB_EPI_RES) {
-                if (L->res == OB_RES_IDENTITY) v = v + res[o + co];
-                else if (L->res == OB_RES_POOL && co < L->res_c) v = v + ob_pool_f(res, L, oy, ox, co);
-                if (dst) dst[o + co] = v;
-                adst[o + co] = ob_act_f(L, v, co);
-            } else {
-                float y = v * ob_head_a[co];
-                y = y + ob_head_b[co];
-                head[((size_t)oy * (size_t)L->ow + (size_t)ox) * ONEBIT_NUM_CLASSES + (size_t)co] = y;
+        if (L->epi == OB_EPI_HEAD) {       /* per class: y = a_k * (c * acc) + b_k */
+            for (j = 0; j < nco; j++) {
+                float y = (a[j] * L->scale) * ob_head_a[co0 + j];
+                y = y + ob_head_b[co0 + j];
+                head[((size_t)oy * (size_t)L->ow + (size_t)ox) * ONEBIT_NUM_CLASSES + (size_t)(co0 + j)] = y;
             }
+            continue;
         }
+#if defined(OB_VW)
+        if (nco == OB_NCO && !(L->res == OB_RES_POOL && L->res_c % OB_VW)) {
+            for (j = 0; j < OB_NCO; j += OB_VW) ob_out_fv(L, dst, adst, res, o, oy, ox, co0 + j, a + j);
+            continue;
+        }
+#endif
+        for (j = 0; j < nco; j++) ob_out_f1(L, dst, adst, res, o, oy, ox, co0 + j, a + j);
     }
 }
 
@@ -237,152 +210,50 @@ static int64_t ob_rq(int64_t v, int32_t m, int sh)
     return (v * (int64_t)m + ((int64_t)1 << (sh - 1))) >> sh;
 }
 
-static int16_t ob_sat16(int64_t v)
-{
-    return (int16_t)(v > 32767 ? 32767 : (v < -32767 ? -32767 : v));
-}
+static int64_t ob_max_q(int64_t a, int64_t b) { return a > b ? a : b; }
 
-static int16_t ob_act_q(const ob_layer *L, int64_t v, int co)
-{
-    if (L->act == OB_ACT_SRELU) return ob_sat16(v < L->q_lo ? L->q_lo : v);
-    if (L->act == OB_ACT_AFFINE_RELU) {
-        const int64_t t = ob_rq(v, L->q_act_m[co], L->q_act_sh) + L->q_act_b[co];
-        return ob_sat16(t > 0 ? t : 0);
-    }
-    return ob_sat16(v);
-}
+static int64_t ob_sat_q(int64_t v) { return v > 32767 ? 32767 : (v < -32767 ? -32767 : v); }
 
-static int64_t ob_pool_q(const int16_t *r, const ob_layer *L, int oy, int ox, int co)
-{
-    int y0, x0, dy, dx;
-    const int count = ob_pool_window(L, oy, ox, &y0, &x0);
-    const size_t w2 = (size_t)L->res_w + 2;
-    int64_t s = 0;
-    for (dy = 0; dy < 3; dy++)
-        for (dx = 0; dx < 3; dx++)
-            s += r[((size_t)(y0 + dy + 1) * w2 + (size_t)(x0 + dx + 1)) * (size_t)L->res_c + (size_t)co];
-    return ob_rq(s, L->q_pool_m[count], L->q_pool_sh);
-}
+/* the output step (ob_output_step.h) on one integer channel */
+#define OS_NAME ob_out_q1
+#define OS_E int16_t
+#define OS_A int32_t
+#define OS_V int64_t
+#define os_acc(p) ((int64_t)*(p))
+#define os_scale(L, v) ob_rq(v, (L)->q_m, (L)->q_sh)
+#define os_t_in(L, v) ((L)->act == OB_ACT_SRELU ? os_scale(L, v) : (v))
+#define os_res(L, p) ob_rq(*(p), (L)->q_res_m, (L)->q_res_sh)
+#define os_load(p) ((int64_t)*(p))
+#define os_store(p, v) (*(p) = (int16_t)(v))
+#define os_add(a, b) ((a) + (b))
+#define os_max(a, b) ob_max_q(a, b)
+#define os_zero() ((int64_t)0)
+#define os_lo(L) ((int64_t)(L)->q_lo)
+#define os_affine(L, v, co) (ob_rq(v, (L)->q_act_m[co], (L)->q_act_sh) + (L)->q_act_b[co])
+#define os_pool_avg(L, s, n) ob_rq(s, (L)->q_pool_m[n], (L)->q_pool_sh)
+#define os_sat(v) ob_sat_q(v)
+#include "ob_output_step.h"
 
-#if defined(OB_KERNEL_AVX512_INT)
-/* AVX-512 form of ob_epi_q for full 32-channel blocks: the same int64 arithmetic, 8 lanes per vector
- * (products of int32 values by int32 multipliers with vpmuldq), so results are identical. */
-typedef struct { __m512i lo, hi; } ob_q16;        /* 16 channels as two vectors of 8 int64 */
-
-static ob_q16 ob_q_widen32(__m512i v)
-{
-    ob_q16 r;
-    r.lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v));
-    r.hi = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1));
-    return r;
-}
-
-static ob_q16 ob_q_load16(const int16_t *p)
-{
-    return ob_q_widen32(_mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)p)));
-}
-
-static __m512i ob_q_rq8(__m512i v, __m512i m, int sh)
-{
-    const __m512i half = _mm512_set1_epi64((long long)((int64_t)1 << (sh - 1)));
-    return _mm512_sra_epi64(_mm512_add_epi64(_mm512_mul_epi32(v, m), half), _mm_cvtsi32_si128(sh));
-}
-
-static ob_q16 ob_q_rq(ob_q16 v, int32_t m, int sh)
-{
-    const __m512i mv = _mm512_set1_epi64(m);
-    v.lo = ob_q_rq8(v.lo, mv, sh);
-    v.hi = ob_q_rq8(v.hi, mv, sh);
-    return v;
-}
-
-/* per channel: rq(v, m[c], sh) + b[c] */
-static ob_q16 ob_q_affine(ob_q16 v, const int32_t *m, const int32_t *b, int sh)
-{
-    const ob_q16 mv = ob_q_widen32(_mm512_loadu_si512(m)), bv = ob_q_widen32(_mm512_loadu_si512(b));
-    v.lo = _mm512_add_epi64(ob_q_rq8(v.lo, mv.lo, sh), bv.lo);
-    v.hi = _mm512_add_epi64(ob_q_rq8(v.hi, mv.hi, sh), bv.hi);
-    return v;
-}
-
-static ob_q16 ob_q_add(ob_q16 a, ob_q16 b)
-{
-    a.lo = _mm512_add_epi64(a.lo, b.lo);
-    a.hi = _mm512_add_epi64(a.hi, b.hi);
-    return a;
-}
-
-static ob_q16 ob_q_max(ob_q16 a, int64_t lo)
-{
-    const __m512i l = _mm512_set1_epi64((long long)lo);
-    a.lo = _mm512_max_epi64(a.lo, l);
-    a.hi = _mm512_max_epi64(a.hi, l);
-    return a;
-}
-
-static ob_q16 ob_q_sat(ob_q16 a)
-{
-    const __m512i lo = _mm512_set1_epi64(-32767), hi = _mm512_set1_epi64(32767);
-    a.lo = _mm512_min_epi64(_mm512_max_epi64(a.lo, lo), hi);
-    a.hi = _mm512_min_epi64(_mm512_max_epi64(a.hi, lo), hi);
-    return a;
-}
-
-static void ob_q_store16(int16_t *p, ob_q16 a)
-{
-    _mm_storeu_si128((__m128i *)p, _mm512_cvtepi64_epi16(a.lo));
-    _mm_storeu_si128((__m128i *)(p + 8), _mm512_cvtepi64_epi16(a.hi));
-}
-
-static ob_q16 ob_q_act(const ob_layer *L, ob_q16 v, int co)
-{
-    if (L->act == OB_ACT_SRELU) return ob_q_sat(ob_q_max(v, L->q_lo));
-    if (L->act == OB_ACT_AFFINE_RELU)
-        return ob_q_sat(ob_q_max(ob_q_affine(v, L->q_act_m + co, L->q_act_b + co, L->q_act_sh), 0));
-    return ob_q_sat(v);
-}
-
-static int ob_epi_q_vec(const ob_layer *L, unsigned char *arena, int oy, int ox0, int mr, int co0, int nco,
-                        const int32_t *acc)
-{
-    int16_t *dst = L->dst >= 0 ? OB_Q(arena, L->dst) : NULL;
-    int16_t *adst = L->act_dst >= 0 ? OB_Q(arena, L->act_dst) : NULL;
-    const int16_t *res = L->res_src >= 0 ? OB_Q(arena, L->res_src) : NULL;
-    int p, h;
-    if (nco != OB_NCO || L->epi == OB_EPI_HEAD || (L->res == OB_RES_POOL && L->res_c % 16)) return 0;
-    for (p = 0; p < mr; p++) {
-        const int ox = ox0 + p;
-        const size_t o = ((size_t)(oy + 1) * ((size_t)L->ow + 2) + (size_t)ox + 1) * (size_t)L->cout;
-        for (h = 0; h < OB_NCO; h += 16) {
-            const int co = co0 + h;
-            const ob_q16 a = ob_q_widen32(_mm512_loadu_si512(acc + p * OB_NCO + h));
-            ob_q16 v, r;
-            if (L->epi == OB_EPI_ACT) {
-                v = L->act == OB_ACT_SRELU ? ob_q_rq(a, L->q_m, L->q_sh) : a;
-                ob_q_store16(dst + o + co, ob_q_act(L, v, co));
-                continue;
-            }
-            v = ob_q_rq(a, L->q_m, L->q_sh);
-            if (L->res == OB_RES_IDENTITY) {
-                v = ob_q_add(v, ob_q_rq(ob_q_load16(res + o + co), L->q_res_m, L->q_res_sh));
-            } else if (L->res == OB_RES_POOL && co < L->res_c) {
-                int y0, x0, dy, dx;
-                const int count = ob_pool_window(L, oy, ox, &y0, &x0);
-                const size_t w2 = (size_t)L->res_w + 2;
-                __m512i s = _mm512_setzero_si512();
-                for (dy = 0; dy < 3; dy++)
-                    for (dx = 0; dx < 3; dx++)
-                        s = _mm512_add_epi32(s, _mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(
-                            res + ((size_t)(y0 + dy + 1) * w2 + (size_t)(x0 + dx + 1)) * (size_t)L->res_c + co))));
-                v = ob_q_add(v, ob_q_rq(ob_q_widen32(s), L->q_pool_m[count], L->q_pool_sh));
-            }
-            r = ob_q_sat(v);
-            if (dst) ob_q_store16(dst + o + co, r);
-            ob_q_store16(adst + o + co, ob_q_act(L, r, co));
-        }
-    }
-    return 1;
-}
+#if defined(OB_QW)
+/* ... and on OB_QW integer channels with the kernel's vector int64 operations (ob_q*) */
+#define OS_NAME ob_out_qv
+#define OS_E int16_t
+#define OS_A int32_t
+#define OS_V ob_qv
+#define os_acc(p) ob_q_acc(p)
+#define os_scale(L, v) ob_q_rq(v, (L)->q_m, (L)->q_sh)
+#define os_t_in(L, v) ((L)->act == OB_ACT_SRELU ? os_scale(L, v) : (v))
+#define os_res(L, p) ob_q_rq(ob_q_load16(p), (L)->q_res_m, (L)->q_res_sh)
+#define os_load(p) ob_q_load16(p)
+#define os_store(p, v) ob_q_store16(p, v)
+#define os_add(a, b) ob_q_add(a, b)
+#define os_max(a, b) ob_q_max(a, b)
+#define os_zero() ob_q_set1(0)
+#define os_lo(L) ob_q_set1((L)->q_lo)
+#define os_affine(L, v, co) ob_q_affine(v, (L)->q_act_m + (co), (L)->q_act_b + (co), (L)->q_act_sh)
+#define os_pool_avg(L, s, n) ob_q_rq(s, (L)->q_pool_m[n], (L)->q_pool_sh)
+#define os_sat(v) ob_q_sat(v)
+#include "ob_output_step.h"
 #endif
 
 static void ob_epi_q(const ob_layer *L, unsigned char *arena, int oy, int ox0, int mr, int co0, int nco,
@@ -393,29 +264,22 @@ static void ob_epi_q(const ob_layer *L, unsigned char *arena, int oy, int ox0, i
     const int16_t *res = L->res_src >= 0 ? OB_Q(arena, L->res_src) : NULL;
     int32_t *head = OB_QH(arena);
     int p, j;
-#if defined(OB_KERNEL_AVX512_INT)
-    if (ob_epi_q_vec(L, arena, oy, ox0, mr, co0, nco, acc)) return;
-#endif
     for (p = 0; p < mr; p++) {
         const int ox = ox0 + p;
+        const int32_t *a = acc + p * OB_NCO;
         const size_t o = ((size_t)(oy + 1) * ((size_t)L->ow + 2) + (size_t)ox + 1) * (size_t)L->cout;
-        for (j = 0; j < nco; j++) {
-            const int co = co0 + j;
-            const int32_t a = acc[p * OB_NCO + j];
-            if (L->epi == OB_EPI_ACT) {
-                dst[o + co] = ob_act_q(L, L->act == OB_ACT_SRELU ? ob_rq(a, L->q_m, L->q_sh) : a, co);
-            } else if (L->epi == OB_EPI_RES) {
-                int64_t v = ob_rq(a, L->q_m, L->q_sh);
-                int16_t r;
-                if (L->res == OB_RES_IDENTITY) v += ob_rq(res[o + co], L->q_res_m, L->q_res_sh);
-                else if (L->res == OB_RES_POOL && co < L->res_c) v += ob_pool_q(res, L, oy, ox, co);
-                r = ob_sat16(v);
-                if (dst) dst[o + co] = r;
-                adst[o + co] = ob_act_q(L, r, co);
-            } else {
-                head[((size_t)oy * (size_t)L->ow + (size_t)ox) * ONEBIT_NUM_CLASSES + (size_t)co] = a;
-            }
+        if (L->epi == OB_EPI_HEAD) {       /* the accumulators; ob_head_q scales the sums */
+            for (j = 0; j < nco; j++)
+                head[((size_t)oy * (size_t)L->ow + (size_t)ox) * ONEBIT_NUM_CLASSES + (size_t)(co0 + j)] = a[j];
+            continue;
         }
+#if defined(OB_QW)
+        if (nco == OB_NCO && !(L->res == OB_RES_POOL && L->res_c % OB_QW)) {
+            for (j = 0; j < OB_NCO; j += OB_QW) ob_out_qv(L, dst, adst, res, o, oy, ox, co0 + j, a + j);
+            continue;
+        }
+#endif
+        for (j = 0; j < nco; j++) ob_out_q1(L, dst, adst, res, o, oy, ox, co0 + j, a + j);
     }
 }
 
@@ -457,7 +321,7 @@ static void ob_head_q(const unsigned char *arena, float *logits, int32_t *lq)
 static void ob_layer_run(const ob_layer *L, unsigned char *arena, int mode, long i0, long i1)
 {
     const ptrdiff_t pix = (ptrdiff_t)L->stride * L->cin, row = ((ptrdiff_t)L->iw + 2) * L->cin;
-    const size_t wblk = (size_t)L->k * (size_t)L->k * (size_t)L->cin * 4;
+    const size_t wblk = (size_t)L->k * (size_t)L->k * (size_t)L->cin * OB_TAP_BYTES;
     const long nblk = (L->cout + OB_NCO - 1) / OB_NCO;
     long it;
     for (it = i0; it < i1; it++) {
@@ -657,7 +521,7 @@ int onebit_run(int mode, const uint8_t *images, int n, float *logits, int32_t *l
     if (mode != ONEBIT_FLOAT && mode != ONEBIT_INT) return ONEBIT_EARGS;
     if (mode == ONEBIT_INT && !ONEBIT_HAS_INT) return ONEBIT_ENOINT;
     if (n < 0 || (n > 0 && (!images || (!logits && !(mode == ONEBIT_INT && logits_q))))) return ONEBIT_EARGS;
-    if (!arena || ((uintptr_t)arena & 15u) || arena_bytes < per) return ONEBIT_EARENA;
+    if (!arena || ((uintptr_t)arena % ONEBIT_ARENA_ALIGN) || arena_bytes < per) return ONEBIT_EARENA;
     if (n == 0) return ONEBIT_OK;
     if (threads > OB_MAXT) threads = OB_MAXT;
     if (threads < 1) threads = 1;

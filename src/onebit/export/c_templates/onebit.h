@@ -23,14 +23,9 @@
 
 #include "onebit_config.h"
 
-#define ONEBIT_FLOAT 0
-#define ONEBIT_INT 1
-
-#define ONEBIT_OK 0
-#define ONEBIT_EARENA (-1)   /* arena too small, or not 16-byte aligned */
-#define ONEBIT_EARGS (-2)    /* bad mode, count or pointer */
-#define ONEBIT_ENOINT (-3)   /* exported without integer mode (no calibration) */
-#define ONEBIT_ETHREAD (-4)  /* a worker thread could not be started */
+/* ONEBIT_FLOAT / ONEBIT_INT, the error codes ONEBIT_OK, ONEBIT_EARENA (arena too small or not
+ * ONEBIT_ARENA_ALIGN-byte aligned), ONEBIT_EARGS, ONEBIT_ENOINT, ONEBIT_ETHREAD (see onebit_contract.h) */
+#include "onebit_contract.h"
 
 #define ONEBIT_INPUT_BYTES (ONEBIT_IN_C * ONEBIT_IN_H * ONEBIT_IN_W)
 
@@ -47,7 +42,7 @@ int onebit_has_int(void);
 /* Arena bytes one worker needs in `mode`. */
 size_t onebit_arena_bytes(int mode);
 
-/* Logits of one image, single-threaded. `arena`: onebit_arena_bytes(mode) bytes, 16-byte aligned. */
+/* Logits of one image, single-threaded. `arena`: onebit_arena_bytes(mode) bytes, ONEBIT_ARENA_ALIGN-byte aligned. */
 int onebit_infer(int mode, const uint8_t *image, float *logits, void *arena);
 
 /* Logits of `n` images (n * ONEBIT_INPUT_BYTES bytes) into logits[n * ONEBIT_NUM_CLASSES].
