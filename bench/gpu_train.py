@@ -200,7 +200,7 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="dense bf16 peak of the device in TFLOP/s (default: from the GPU name)")
     ap.add_argument("--matmul", action="store_true",
-                    help="also measure the bf16 matmul rate (8192^3; 1024^3 fp32 on CPU) as a measured ceiling")
+                    help="also measure the bf16 matmul rate (8192^3; 512^3 fp32 on CPU) as a measured ceiling")
     ap.add_argument("--profile-below", type=float, default=None, metavar="MFU",
                     help="profile (torch.profiler) the --profile-models whose MFU is below this fraction")
     ap.add_argument("--profile-models", default="wrn-20-10", help="models --profile-below applies to")
@@ -233,7 +233,7 @@ def main() -> None:
             os.replace(args.json + ".tmp", args.json)
 
     if args.matmul:
-        report["matmul_tflops"] = matmul_tflops(device, 8192 if device.type == "cuda" else 1024, 10)
+        report["matmul_tflops"] = matmul_tflops(device, 8192 if device.type == "cuda" else 512, 10)
     print(f"device: {name}; dense bf16 peak: {f'{peak:g} TFLOP/s' if peak else 'unknown (pass --peak-tflops)'}"
           + (f"; measured matmul {report['matmul_tflops']:.1f} TFLOP/s" if args.matmul else "")
           + f"; torch {torch.__version__}; compile={compiled}, amp={report['amp']}, "

@@ -136,17 +136,18 @@ def traveling_bytes(repo: Path, exclude: Path | None = None) -> int:
 
 # ----- packing -----
 def pack(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], classes: list[str],
-         out: Path, budget_bytes: int, max_train: int | None = None, workers: int | None = None) -> dict:
-    """Write the test split and whole 1,000-image chunks of the training prefix into ``out`` while the
+         out: Path, budget_bytes: int, max_train: int | None = None, workers: int | None = None,
+         chunk: int = CHUNK) -> dict:
+    """Write the test split and whole ``chunk``-image files of the training prefix into ``out`` while the
     folder stays within ``budget_bytes``; returns the manifest. ``max_train`` caps the training images
-    (then the last chunk may be partial)."""
+    (then the last file may hold fewer)."""
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.xz"):
         old.unlink()
     (out / MANIFEST).unlink(missing_ok=True)
     train_x, train_y = train
     limit = len(train_y) if max_train is None else min(max_train, len(train_y))
-    jobs = [("test", 0, len(test[1]))] + [("train", s, min(CHUNK, limit - s)) for s in range(0, limit, CHUNK)]
+    jobs = [("test", 0, len(test[1]))] + [("train", s, min(chunk, limit - s)) for s in range(0, limit, chunk)]
     files, used = [], 0
     reserve = 8192                # for the manifest
     workers = workers or os.cpu_count() or 1
@@ -175,7 +176,7 @@ def pack(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarra
                 for _, rest in pending:
                     rest.cancel()
                 break
-            name = "test.xz" if split == "test" else f"train-{first // CHUNK:03d}.xz"
+            name = "test.xz" if split == "test" else f"train-{first // chunk:03d}.xz"
             (out / name).write_bytes(blob)
             used += len(blob)
             files.append({"name": name, "split": split, "first": first, "count": count, "bytes": len(blob),
