@@ -96,11 +96,13 @@ def _device_us(evt) -> float:
     return float(getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0) or 0)
 
 
-KERNEL_KINDS = (("convolution (cuDNN / GEMM)", ("conv", "cudnn", "gemm", "xmma", "cutlass", "wgrad", "dgrad",
-                                                "fprop", "sm90", "sm80")),
+# Kernel names -> kinds, first match wins: Inductor's Triton kernels are named after the ops they fuse
+# ("triton_poi_fused_..._convolution_..."), so they are matched before the cuDNN / GEMM names.
+KERNEL_KINDS = (("compiled elementwise / reductions (Triton)", ("triton",)),
                 ("optimizer (fused SGD)", ("sgd", "multi_tensor")),
-                ("compiled elementwise / reductions (Triton)", ("triton",)),
-                ("batch norm", ("batch_norm", "bn_")))
+                ("batch norm (cuDNN)", ("batch_norm", "bn_fw", "bn_bw", "bn_bn")),
+                ("convolution (cuDNN / GEMM)", ("conv", "cudnn", "gemm", "xmma", "cutlass", "wgrad", "dgrad",
+                                                "fprop", "sm90", "sm80")))
 
 
 def profile_steps(run_step, device: torch.device, steps: int, step_ms: float) -> dict:
