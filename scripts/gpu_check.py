@@ -510,13 +510,22 @@ def main_run(args: argparse.Namespace) -> int:
     import torch
 
     cpu = smoke
-    if not cpu and not torch.cuda.is_available():
+    if not cpu and not torch.cuda.is_available():      # (does not create a CUDA context)
         print("gpu_check: error: no CUDA device here; run it on the device machine, or use --cpu-smoke",
               file=sys.stderr)
         return 2
     parts = [p.strip() for p in args.parts.split(",")]
+    unknown = sorted(set(parts) - {"tests", "speed", "accuracy"})
+    if unknown:
+        print(f"gpu_check: error: unknown part(s) {', '.join(unknown)}; choose from tests, speed, accuracy",
+              file=sys.stderr)
+        return 2
+    store = work / "runs.db"
+    # the data first: its decoding forks worker processes, best done before this process touches CUDA
+    data = prepare_data(log, work, smoke) if "accuracy" in parts else {"status": "skipped"}
     report = {"mode": "cpu-smoke" if smoke else "device", "budget_s": mode["budget"], "preset": PRESET,
-              "environment": environment(), "parts": {}, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "environment": environment(), "data": data, "parts": {},
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     log(f"gpu-check ({report['mode']}): {json.dumps(report['environment'])}")
 
     def save() -> None:
@@ -528,9 +537,6 @@ def main_run(args: argparse.Namespace) -> int:
     def left(reserve: float = 0.0) -> float:
         return end - time.time() - reserve
 
-    store = work / "runs.db"
-    data = prepare_data(log, work, smoke) if "accuracy" in parts else {"status": "skipped"}
-    report["data"] = data
     save()
     speed: dict = {}
     for part in ("tests", "speed", "accuracy"):
