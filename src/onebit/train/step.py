@@ -29,7 +29,9 @@ def prepare_model(net: nn.Module, device: torch.device, channels_last: bool = Tr
     """
     net = net.to(device)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest convolutions
+        # Fixed shapes: let cuDNN time its convolution algorithms and keep the fastest -- unless the caller
+        # asked for reproducible results (torch.use_deterministic_algorithms), which autotuning breaks.
+        torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
     if world_size > 1:
         net = convert_sync_batchnorm(net, device)
     if channels_last and device.type == "cuda":
