@@ -165,3 +165,27 @@ def test_report_of_missing_or_empty_store_is_an_error(tmp_path, capsys):
     ResultsStore(tmp_path / "empty.db").close()
     assert main(["report", str(tmp_path / "empty.db"), "-o", str(tmp_path / "out")]) == 1
     assert "no runs" in capsys.readouterr().err
+
+
+def test_report_of_a_store_holding_an_imagenet_run(tmp_path):
+    """The cost table builds the ImageNet WRN (depth 18 = 8n+2) for an ImageNet run, named as the model is."""
+    from onebit.experiments.store import RunRecord
+    from onebit.export.summary import summarize
+    from onebit.presets import get_preset
+
+    cfg = get_preset("imagenet-wrn18-2.5-srelu-1bit", depth=10, width=1, epochs=1)
+    curve = [{"epoch": 1, "train_loss": 6.0, "train_acc": 0.01, "lr": 0.1, "images_per_s": 50.0,
+              "epoch_time_s": 3.0, "test_acc": 0.02, "elapsed_s": 3.0}]
+    final = {"epochs": 1, "test_acc": 0.02, "test_top5": 0.06, "test_loss": 6.5, "best": {}, "elapsed_s": 3.0,
+             "config_hash": cfg.hash()}
+    record = RunRecord(cfg.hash(), cfg.to_dict(), final, curve, wall_time_s=3.0, train_images_per_s=50.0,
+                       device="cpu", versions={"torch": "x"}, recorded_at="2026-01-01T00:00:00")
+    assert record.model == cfg.model_config().name == "imagenet-wrn-10-0.25-srelu-1bit"
+    with ResultsStore(tmp_path / "runs.db") as store:
+        store.record(record)
+    assert main(["report", str(tmp_path / "runs.db"), "-o", str(tmp_path / "out")]) == 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## ImageNet: error rates" in report
+    (row,) = table_rows(report, "## Cost")
+    assert row["network"] == "WRN-10-1"
+    assert int(row["parameters"].replace(",", "")) == summarize(cfg.model_config()).params

@@ -19,11 +19,10 @@ from onebit.experiments.stats import (CONFIDENCE, Margin, Summary, Variant, conf
                                       group_variants, margins, varying_settings)
 from onebit.experiments.store import ResultsStore
 from onebit.export.summary import summarize
-from onebit.models import WRNConfig
 from onebit.presets import PUBLISHED_ACCURACY
+from onebit.train.config import TrainConfig
 
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet"}
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 # McDonnell, ICLR 2018, test error % of the BN design with cutout: (dataset, depth, width, bits) -> error.
 ICLR2018_ERROR = {("cifar10", 20, 4, 1): 5.34, ("cifar100", 20, 4, 1): 23.74,
                   ("cifar10", 20, 10, 1): 3.92, ("cifar100", 20, 10, 1): 18.51,
@@ -120,14 +119,6 @@ def margin_table(ms: list[Margin]) -> str:
     return markdown_table(header, rows)
 
 
-def model_config_of(settings: dict[str, Any]) -> WRNConfig:
-    return WRNConfig(depth=settings["depth"], width=settings["width"],
-                     num_classes=settings.get("classes") or NUM_CLASSES.get(settings["dataset"], 10),
-                     norm=settings["norm"], weight_bits=settings["weight_bits"],
-                     temperature=settings.get("temperature"),
-                     binarize_first_last=settings.get("binarize_first_last", True))
-
-
 def _bytes(n: float) -> str:
     return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
@@ -138,7 +129,7 @@ def cost_table(variants: list[Variant]) -> str:
     rows, seen = [], set()
     for v in variants:
         s = v.settings
-        summary = summarize(model_config_of(s))
+        summary = summarize(TrainConfig.from_dict(s).model_config())
         rates = Summary.of(v.values("train_images_per_s"))
         rate = "–" if rates.n == 0 else (f"{rates.mean:.0f}" if math.isnan(rates.std)
                                          else f"{rates.mean:.0f} ± {rates.std:.0f}")

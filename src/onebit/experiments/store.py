@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from onebit.errors import OnebitError
+from onebit.train.config import TrainConfig
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60.0
@@ -76,8 +77,7 @@ class RunRecord:
 
     @property
     def model(self) -> str:
-        c = self.config
-        return f"wrn-{c['depth']}-{c['width']}-{'bn' if c['norm'] == 'bn' else 'srelu'}-{c['weight_bits']}bit"
+        return TrainConfig.from_dict(self.config).model_config().name
 
 
 class ResultsStore:
