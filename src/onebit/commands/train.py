@@ -11,30 +11,7 @@ from pathlib import Path
 
 from onebit.errors import ConfigError
 from onebit.presets import get_preset
-from onebit.train.config import TrainConfig, field_types
-
-HELP = {
-    "dataset": "cifar10, cifar100 or imagenet (ImageFolder tree)",
-    "data_dir": "folder holding the dataset (default: $ONEBIT_DATA or ~/.cache/onebit/data)",
-    "val_size": "hold out N training images as a validation set",
-    "train_limit": "train on the first N training images only (0 = all)",
-    "depth": "WRN depth d (6n+2; ImageNet 8n+2)", "width": "WRN width k (16k channels in stage 1)",
-    "norm": "bn (BN + ReLU, ICLR 2018) or none (shifted ReLU, 2019)",
-    "weight_bits": "1 or 32", "temperature": "head temperature T of BN-free nets (default: paper's)",
-    "binarize_first_last": "binarize the first and last conv too (reference: yes)",
-    "epochs": "training epochs", "schedule": "cosine (one cycle) or restarts (SGDR 2, 4, 8, ... epochs)",
-    "lr": "peak learning rate", "lr_min": "final learning rate of each cosine cycle",
-    "first_cycle": "length in epochs of the first warm-restart cycle", "batch_size": "global batch size",
-    "momentum": "SGD momentum", "weight_decay": "weight decay on conv weights",
-    "translate": "max random translation in pixels (0 = off)", "flip": "random horizontal flips",
-    "cutout": "cutout patch size (0 = off)", "seed": "random seed", "device": "auto, cpu, cuda or cuda:N",
-    "amp": "bf16 autocast on GPU", "channels_last": "channels_last memory format on GPU",
-    "compile": "torch.compile the model (default: on for CUDA, off on CPU)",
-    "num_threads": "CPU threads (0 = all cores)", "classes": "number of classes (0 = the dataset's)",
-    "crop_size": "ImageNet crop size", "resize_size": "ImageNet shorter side before the evaluation centre crop",
-    "workers": "ImageNet data-loading worker processes per rank (capped at the CPU count)",
-    "eval_batch_size": "evaluation batch size", "bn_recompute": "recompute BN statistics after training",
-}
+from onebit.train.config import NOT_RESULT_SETTINGS, TrainConfig, field_types
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -43,14 +20,14 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     types = field_types()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
+        text = f.metadata["help"]
         if types[f.name] is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                               help=HELP.get(f.name, "") + ("" if "(default" in HELP.get(f.name, "")
-                                                             else f" (default: {'on' if f.default else 'off'})"))
+                               help=text + ("" if "(default" in text
+                                            else f" (default: {'on' if f.default else 'off'})"))
         else:
             group.add_argument(flag, dest=f.name, type=types[f.name], default=None, metavar=f.name.upper(),
-                               help=HELP.get(f.name, "") + ("" if "(default" in HELP.get(f.name, "")
-                                                             else f" (default: {f.default})"))
+                               help=text + ("" if "(default" in text else f" (default: {f.default})"))
 
 
 def config_overrides(args: argparse.Namespace) -> dict:
@@ -85,9 +62,8 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
             base = json.loads(config_file.read_text())
         except ValueError as exc:
             raise ConfigError(f"{config_file}: corrupt ({exc})") from None
-        changed = {k for k, v in overrides.items() if k not in ("epochs", "device", "num_threads", "data_dir",
-                                                                "eval_batch_size", "compile", "workers")
-                   and base.get(k) != v}
+        changed = {k for k, v in overrides.items()
+                   if k not in NOT_RESULT_SETTINGS | {"epochs"} and base.get(k) != v}
         if changed:
             raise ConfigError(f"--resume cannot change {', '.join(sorted(changed))}; start a new run instead")
         return TrainConfig.from_dict({**base, **overrides})

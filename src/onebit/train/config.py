@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,48 +19,57 @@ from onebit.train.schedules import SCHEDULES
 
 DATASET_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 ADDED_FIELDS = {"classes", "crop_size", "resize_size"}  # hashed only when not at their defaults
+# Settings that do not change a run's results (paths, devices, speed options): left out of the config hash,
+# ignored when grouping runs into variants, and the ones a resumed run may change.
+NOT_RESULT_SETTINGS = frozenset({"data_dir", "device", "num_threads", "eval_batch_size", "compile", "workers"})
+
+
+def option(default: Any, help: str) -> Any:
+    """A TrainConfig field with its command-line help text (``onebit train --help``) beside it."""
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclass
 class TrainConfig:
     # data
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    val_size: int = 0
-    train_limit: int = 0
-    classes: int = 0              # 0: the dataset's (10, 100, 1000); set it for other ImageFolder sets
-    crop_size: int = 224          # ImageNet: training / evaluation crop
-    resize_size: int = 256        # ImageNet: shorter side before the evaluation centre crop
-    workers: int = 8              # ImageNet: DataLoader worker processes per rank
+    dataset: str = option("cifar10", "cifar10, cifar100 or imagenet (ImageFolder tree)")
+    data_dir: str | None = option(None, "folder holding the dataset "
+                                        "(default: $ONEBIT_DATA or ~/.cache/onebit/data)")
+    val_size: int = option(0, "hold out N training images as a validation set")
+    train_limit: int = option(0, "train on the first N training images only (0 = all)")
+    classes: int = option(0, "number of classes (0 = the dataset's)")  # set it for other ImageFolder sets
+    crop_size: int = option(224, "ImageNet crop size")  # training and evaluation crop
+    resize_size: int = option(256, "ImageNet shorter side before the evaluation centre crop")
+    workers: int = option(8, "ImageNet data-loading worker processes per rank (capped at the CPU count)")
     # model
-    depth: int = 20
-    width: int = 10
-    norm: str = "none"
-    weight_bits: int = 1
-    temperature: float | None = None
-    binarize_first_last: bool = True
+    depth: int = option(20, "WRN depth d (6n+2; ImageNet 8n+2)")
+    width: int = option(10, "WRN width k (16k channels in stage 1)")
+    norm: str = option("none", "bn (BN + ReLU, ICLR 2018) or none (shifted ReLU, 2019)")
+    weight_bits: int = option(1, "1 or 32")
+    temperature: float | None = option(None, "head temperature T of BN-free nets (default: paper's)")
+    binarize_first_last: bool = option(True, "binarize the first and last conv too (reference: yes)")
     # optimisation (reference recipe)
-    epochs: int = 300
-    schedule: str = "cosine"
-    lr: float = 0.1
-    lr_min: float = 1e-5
-    first_cycle: int = 2
-    batch_size: int = 125
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    epochs: int = option(300, "training epochs")
+    schedule: str = option("cosine", "cosine (one cycle) or restarts (SGDR 2, 4, 8, ... epochs)")
+    lr: float = option(0.1, "peak learning rate")
+    lr_min: float = option(1e-5, "final learning rate of each cosine cycle")
+    first_cycle: int = option(2, "length in epochs of the first warm-restart cycle")
+    batch_size: int = option(125, "global batch size")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(5e-4, "weight decay on conv weights")
     # augmentation
-    translate: int = 4
-    flip: bool = True
-    cutout: int = 18
+    translate: int = option(4, "max random translation in pixels (0 = off)")
+    flip: bool = option(True, "random horizontal flips")
+    cutout: int = option(18, "cutout patch size (0 = off)")
     # run
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
-    compile: bool | None = None   # None: on for CUDA, off on CPU
-    num_threads: int = 0
-    eval_batch_size: int = 500
-    bn_recompute: bool = True
+    seed: int = option(0, "random seed")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    amp: bool = option(True, "bf16 autocast on GPU")
+    channels_last: bool = option(True, "channels_last memory format on GPU")
+    compile: bool | None = option(None, "torch.compile the model (default: on for CUDA, off on CPU)")
+    num_threads: int = option(0, "CPU threads (0 = all cores)")
+    eval_batch_size: int = option(500, "evaluation batch size")
+    bn_recompute: bool = option(True, "recompute BN statistics after training")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -95,7 +105,7 @@ class TrainConfig:
 
     @property
     def num_classes(self) -> int:
-        return self.classes or DATASET_CLASSES.get(self.dataset, 0) or _raise_dataset(self.dataset)
+        return self.classes or DATASET_CLASSES[self.dataset]  # validate() rejected unknown datasets
 
     @property
     def arch(self) -> str:
@@ -129,22 +139,14 @@ class TrainConfig:
         Options added after the first release count only when they differ from their defaults, so the
         hashes of earlier configurations stay valid.
         """
-        ignore = {"data_dir", "device", "num_threads", "eval_batch_size", "compile", "workers"}
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         items = {k: v for k, v in self.to_dict().items()
-                 if k not in ignore and not (k in ADDED_FIELDS and v == defaults[k])}
+                 if k not in NOT_RESULT_SETTINGS and not (k in ADDED_FIELDS and v == defaults[k])}
         return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _raise_dataset(name: str) -> int:
-    raise ConfigError(f"unknown dataset {name!r}; choose from {', '.join(DATASET_CLASSES)}")
-
-
-def field_types() -> dict[str, Any]:
-    """Field name -> python type used to parse command-line overrides."""
-    out = {}
-    for f in dataclasses.fields(TrainConfig):
-        t = f.type if isinstance(f.type, str) else f.type.__name__
-        out[f.name] = {"str": str, "int": int, "float": float, "bool": bool}.get(
-            t.split(" ")[0].replace("|", "").strip(), str)
-    return out
+def field_types() -> dict[str, type]:
+    """Field name -> the type that parses its command-line value (``X | None`` -> ``X``)."""
+    hints = typing.get_type_hints(TrainConfig)
+    return {name: next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+            for name, hint in hints.items()}
