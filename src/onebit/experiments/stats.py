@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from onebit.train.config import TrainConfig
+from onebit.train.config import NOT_RESULT_SETTINGS, TrainConfig
 
 # Settings that do not change a run's results (TrainConfig.hash leaves them out too) or are per-run.
-NOT_VARIANT = {"seed", "data_dir", "device", "num_threads", "eval_batch_size", "compile", "workers"}
+NOT_VARIANT = NOT_RESULT_SETTINGS | {"seed"}
 # Settings that belong to a design's recipe, not to the comparison: BN and shifted-ReLU nets are paired
 # for the margin even when these differ.
 RECIPE = {"norm", "schedule", "epochs", "first_cycle", "temperature", "bn_recompute", "lr_min"}
