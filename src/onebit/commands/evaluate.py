@@ -10,7 +10,7 @@ from onebit.data.imagenet import load_image_folder
 from onebit.errors import ConfigError
 from onebit.evaluate import evaluate
 from onebit.loading import load_model_file
-from onebit.train.loop import select_device
+from onebit.train.device import select_device
 from onebit.train.sources import evaluate_image_folder
 
 

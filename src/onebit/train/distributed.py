@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 from onebit.errors import ConfigError
+from onebit.train.device import select_device
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,6 @@ def env_from_environment() -> DistEnv:
 
 def device_for(name: str, env: DistEnv) -> torch.device:
     """The device of this rank: ``cuda:LOCAL_RANK`` when training on GPUs, else ``name`` as resolved."""
-    from onebit.train.loop import select_device
-
     device = select_device(name)
     if device.type == "cuda" and env.distributed:
         if env.local_rank >= torch.cuda.device_count():

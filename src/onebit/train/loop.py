@@ -45,15 +45,6 @@ class Datasets:
     test: CifarSplit | ImageFolderSplit
 
 
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but CUDA is not available")
-    return device
-
-
 def load_datasets(cfg: TrainConfig) -> Datasets:
     """Train / optional validation / test splits; the validation images come out of the training set."""
     if cfg.dataset == "imagenet":
