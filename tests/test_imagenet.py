@@ -17,8 +17,8 @@ from onebit.errors import ConfigError, DataError
 from onebit.models import WRNConfig, build_model
 from onebit.presets import get_preset
 from onebit.train.config import TrainConfig
+from onebit.train.evaluation import predict_batches
 from onebit.train.loop import load_datasets, train
-from onebit.train.sources import predict_batches
 from test_distributed import assert_same_run, cli_args, torchrun
 
 CLASSES = ("n01440764", "n01443537", "n01484850")

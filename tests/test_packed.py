@@ -155,7 +155,7 @@ def cifar10_test(cifar10_dir):
 
 @pytest.mark.parametrize("norm", ["none", "bn"])
 def test_packed_model_predicts_like_the_checkpoint_on_the_test_set(tmp_path, cifar10_test, norm):
-    from onebit.evaluate import predict_logits
+    from onebit.train.evaluation import predict_logits
 
     cfg = WRNConfig(depth=8, width=1, norm=norm)
     model = calibrated(cfg, cifar10_test.images[:200])

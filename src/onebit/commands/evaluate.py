@@ -8,10 +8,9 @@ import json
 from onebit.data.cifar import load_cifar
 from onebit.data.imagenet import load_image_folder
 from onebit.errors import ConfigError
-from onebit.evaluate import evaluate
 from onebit.loading import load_model_file
 from onebit.train.device import select_device
-from onebit.train.sources import evaluate_image_folder
+from onebit.train.evaluation import evaluate, evaluate_image_folder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.engine == "c":
         import torch
 
-        from onebit.evaluate import accuracy_from_logits
+        from onebit.train.evaluation import accuracy_from_logits
         from onebit.runtime import c_engine_logits
 
         logits = c_engine_logits(

@@ -32,7 +32,8 @@ from onebit.train.checkpoint import (CHECKPOINT_NAME, load_checkpoint, restore_o
 from onebit.train.config import TrainConfig
 from onebit.train.distributed import DistEnv, all_reduce_sum, device_for, distributed_context
 from onebit.train.schedules import learning_rate
-from onebit.train.sources import TensorSource, make_source, metric_sums, predict_batches, split_batches
+from onebit.train.evaluation import metric_sums, predict_batches
+from onebit.train.sources import TensorSource, make_source, split_batches
 from onebit.train.step import TrainStep, prepare_model
 
 VAL_SPLIT_SEED = 20190716  # fixed, so every run holds out the same validation images

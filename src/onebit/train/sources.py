@@ -13,8 +13,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader
 
 from onebit.data.augment import Augmentation
@@ -23,7 +21,6 @@ from onebit.data.cifar import CifarSplit
 from onebit.data.imagenet import (ImageFolderDataset, ImageFolderSplit, MultiCrop, eval_transform,
                                   train_transform)
 from onebit.errors import DataError
-from onebit.evaluate import EvalResult, accuracy_from_logits
 
 Split = CifarSplit | ImageFolderSplit
 
@@ -147,47 +144,3 @@ def split_batches(split: Split, batch_size: int, rank: int = 0, world_size: int 
                 yield empty, torch.empty(0, dtype=torch.int64, device=device)
     except DataError as exc:
         raise _one_line(exc) from None
-
-
-@torch.no_grad()
-def predict_batches(model: nn.Module, batches, device: torch.device, amp: bool = False,
-                    channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(float32 logits, labels) per batch on ``device``; 25-crop batches give log of the mean softmax."""
-    was_training = model.training
-    model.eval()
-    try:
-        for x, y in batches:
-            crops = x.shape[1] if x.dim() == 5 else 1
-            x = x.flatten(0, 1) if crops > 1 else x
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-                logits = model(x).float()
-            if crops > 1:
-                probs = logits.softmax(1).view(-1, crops, logits.shape[1]).mean(1)
-                logits = probs.clamp_min(1e-30).log()
-            yield logits, y
-    finally:
-        model.train(was_training)
-
-
-def metric_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """[summed cross-entropy, top-1 hits, top-5 hits, count] of one batch, as a float64 tensor."""
-    k = min(5, logits.shape[1])
-    top5 = (logits.topk(k, 1).indices == labels[:, None]).any(1)
-    return torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
-                        (logits.argmax(1) == labels).sum().double(), top5.sum().double(),
-                        torch.tensor(float(len(labels)), dtype=torch.float64, device=logits.device)])
-
-
-def evaluate_image_folder(model: nn.Module, split: ImageFolderSplit, batch_size: int, device: torch.device,
-                          crops: int = 1, crop_size: int = 224, resize_size: int = 256,
-                          workers: int | None = None, amp: bool = False) -> EvalResult:
-    """Top-1 / top-5 / per-class accuracy of ``model`` on an ImageFolder split (1 or 25 crops)."""
-    logits, labels = [], []
-    batches = split_batches(split, batch_size, device=device, crops=crops, crop_size=crop_size,
-                            resize_size=resize_size, workers=workers)
-    for lg, y in predict_batches(model, batches, device, amp):
-        logits.append(lg.cpu())
-        labels.append(y.cpu())
-    return accuracy_from_logits(torch.cat(logits), torch.cat(labels), len(split.classes))
