@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from onebit.data.augment import Augmentation
 from onebit.data.batches import epoch_batches
-from onebit.export.summary import summarize
+from onebit.models.summary import summarize
 from onebit.models import WRNConfig, build_model
 from onebit.train.config import TrainConfig
 from onebit.train.loop import make_optimizer

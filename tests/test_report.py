@@ -170,7 +170,7 @@ def test_report_of_missing_or_empty_store_is_an_error(tmp_path, capsys):
 def test_report_of_a_store_holding_an_imagenet_run(tmp_path):
     """The cost table builds the ImageNet WRN (depth 18 = 8n+2) for an ImageNet run, named as the model is."""
     from onebit.experiments.store import RunRecord
-    from onebit.export.summary import summarize
+    from onebit.models.summary import summarize
     from onebit.presets import get_preset
 
     cfg = get_preset("imagenet-wrn18-2.5-srelu-1bit", depth=10, width=1, epochs=1)

@@ -12,7 +12,7 @@ import pytest
 
 from onebit.cli import main
 from onebit.export.packed import save_packed
-from onebit.export.summary import summarize
+from onebit.models.summary import summarize
 from onebit.models import WRNConfig, build_model
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from onebit.export.summary import format_summary, summarize
+    from onebit.models.summary import format_summary, summarize
 
     if (args.model is None) == (args.preset is None):
         raise OnebitError("give either MODEL or --preset NAME (exactly one)")

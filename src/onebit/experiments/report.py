@@ -4,7 +4,7 @@ Sections: one error-rate table per dataset (mean +/- sample std over seeds, n, b
 of DESIGN.md), the accuracy margin of BN over shifted ReLU with its Welch 95% confidence interval and a
 sentence on its significance (see ``stats``), figures (test error versus width, learning curves, learning-rate
 schedules), the cost of each variant (parameters, weight memory at the stored bit-widths, MACs and extra BN
-operations per image from ``onebit.export.summary``, and the measured training images/s), and provenance.
+operations per image from ``onebit.models.summary``, and the measured training images/s), and provenance.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from onebit.experiments import figures
 from onebit.experiments.stats import (CONFIDENCE, Margin, Summary, Variant, config_with_defaults, design_name,
                                       group_variants, margins, varying_settings)
 from onebit.experiments.store import ResultsStore
-from onebit.export.summary import summarize
+from onebit.models.summary import summarize
 from onebit.presets import PUBLISHED_ACCURACY
 from onebit.train.config import TrainConfig
 

@@ -1,4 +1,4 @@
-"""Deployment formats of a trained model: packed 1-bit file, ONNX graph, C runtime; and the model summary.
+"""Deployment formats of a trained model: packed 1-bit file, ONNX graph, C runtime.
 
 Submodules are imported on use (``onebit.export.onnx_export`` needs onnx, the others do not).
 """
