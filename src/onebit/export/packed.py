@@ -45,7 +45,7 @@ from safetensors import SafetensorError, safe_open
 from onebit.errors import OnebitError
 from onebit.models import WRNConfig, WideResNet
 from onebit.nn import BinaryConv2d
-from onebit.train.checkpoint import atomic_save
+from onebit.safetensors_io import atomic_save
 
 FORMAT = "onebit-packed"
 VERSION = "1"

@@ -8,27 +8,19 @@ Tensors: ``model.<state-dict key>`` and ``optim.<param index>.momentum_buffer``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from onebit.errors import OnebitError
 from onebit.models import WRNConfig, WideResNet, build_model
+from onebit.safetensors_io import CheckpointError, atomic_save, read_safetensors
 
 FORMAT = "onebit-checkpoint"
 VERSION = "1"
 CHECKPOINT_NAME = "checkpoint.safetensors"
-
-
-class CheckpointError(OnebitError):
-    """A checkpoint file is missing, corrupt, or not a onebit checkpoint."""
 
 
 @dataclass
@@ -47,22 +39,6 @@ class Checkpoint:
         except RuntimeError as exc:
             raise CheckpointError(f"checkpoint weights do not match its model config: {exc}") from None
         return model.eval()
-
-
-def atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | Path) -> None:
-    """Write a safetensors file via a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, model_config: WRNConfig,
@@ -86,22 +62,6 @@ def save_checkpoint(path: str | Path, model: nn.Module, model_config: WRNConfig,
         "state": json.dumps(state or {}),
     }
     atomic_save(tensors, metadata, path)
-
-
-def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Load tensors and metadata of a safetensors file, turning every failure into CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-    return tensors, metadata
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
