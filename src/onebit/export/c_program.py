@@ -33,7 +33,7 @@ from torch import nn
 from onebit.errors import ConfigError
 from onebit.export.c_contract import NCO
 from onebit.models import WideResNet
-from onebit.nn import BinaryConv2d, ShiftedReLU
+from onebit.nn import BinaryConv2d, ShiftedReLU, unwrap
 
 
 
@@ -148,8 +148,7 @@ def _signs(conv: BinaryConv2d) -> np.ndarray:
 
 def lower(model: WideResNet, image_size: int = 32) -> Program:
     """Lower ``model`` (eval-mode semantics: BN uses running statistics) for ``image_size`` inputs."""
-    model = getattr(model, "module", model)
-    model = getattr(model, "_orig_mod", model)
+    model = unwrap(model)
     if not isinstance(model, WideResNet):
         raise ConfigError(f"the C runtime exports WideResNet models, got {type(model).__name__}")
     cfg = model.config
@@ -227,8 +226,7 @@ def model_fingerprint(model: WideResNet) -> str:
     Two models get the same fingerprint exactly when their configs, the sign of every conv weight and
     every BN tensor (float32) agree, so a compiled runtime can refuse a model file it was not built from.
     """
-    model = getattr(model, "module", model)
-    model = getattr(model, "_orig_mod", model)
+    model = unwrap(model)
     digest = hashlib.sha256()
     digest.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
     convs = {n for n, _ in model.conv_layers()}

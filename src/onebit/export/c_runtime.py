@@ -30,6 +30,7 @@ from onebit.export.c_contract import NCO, SLOT_ALIGN, kind_name
 from onebit.export.c_program import Program, lower, model_fingerprint
 from onebit.export.fixed_point import QParams, calibrate
 from onebit.export.targets import HOST, get_target
+from onebit.nn import unwrap
 
 TEMPLATES = Path(__file__).with_name("c_templates")
 STATIC_FILES = ("onebit.h", "onebit_internal.h", "onebit.c", "ob_kernels_portable.h", "ob_kernels_avx2.h",
@@ -349,8 +350,7 @@ def export_c(model, out_dir: Path, *, image_size: int = 32, calibration_images=N
         raise ConfigError(f"unknown C export options: {sorted(options)}")
     out_dir = Path(out_dir)
     tgt = get_target(target)
-    model = getattr(model, "module", model)
-    model = getattr(model, "_orig_mod", model)
+    model = unwrap(model)
     prog = lower(model, image_size)
     if any(s.cin_p % 2 for s in prog.steps):
         raise ConfigError("the C runtime needs an even number of channels into every convolution")

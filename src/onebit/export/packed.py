@@ -44,7 +44,7 @@ from safetensors import SafetensorError, safe_open
 
 from onebit.errors import OnebitError
 from onebit.models import WRNConfig, WideResNet
-from onebit.nn import BinaryConv2d
+from onebit.nn import BinaryConv2d, unwrap
 from onebit.safetensors_io import atomic_save
 
 FORMAT = "onebit-packed"
@@ -71,11 +71,6 @@ def unpack_bits(bits: torch.Tensor, shape: tuple[int, ...], scale: float) -> tor
     signs = np.unpackbits(bits.numpy(), count=count).astype(bool)
     weight = np.where(signs, np.float32(scale), np.float32(-scale)).astype(np.float32)
     return torch.from_numpy(weight.reshape(shape))
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    model = getattr(model, "module", model)          # DDP
-    return getattr(model, "_orig_mod", model)        # torch.compile
 
 
 def _expected_spec(model: WideResNet) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -111,7 +106,7 @@ def save_packed(model: WideResNet, path: str | Path, extra_metadata: dict[str, A
     ``extra_metadata`` must be JSON-serialisable; it comes back as ``metadata["extra"]`` from
     :func:`load_packed`.
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     if not isinstance(model, WideResNet):
         raise TypeError(f"save_packed needs a WideResNet, got {type(model).__name__}")
     convs = dict(model.conv_layers())

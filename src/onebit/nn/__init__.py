@@ -2,5 +2,6 @@
 
 from onebit.nn.binarize import he_scale, sign_ste
 from onebit.nn.layers import BinaryConv2d, ShiftedReLU
+from onebit.nn.wrappers import unwrap
 
-__all__ = ["he_scale", "sign_ste", "BinaryConv2d", "ShiftedReLU"]
+__all__ = ["he_scale", "sign_ste", "BinaryConv2d", "ShiftedReLU", "unwrap"]

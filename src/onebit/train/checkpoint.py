@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from onebit.models import WRNConfig, WideResNet, build_model
+from onebit.nn import unwrap
 from onebit.safetensors_io import CheckpointError, atomic_save, read_safetensors
 
 FORMAT = "onebit-checkpoint"
@@ -45,8 +46,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, model_config: WRNConfig,
                     optimizer: torch.optim.Optimizer | None = None,
                     train_config: dict[str, Any] | None = None, state: dict[str, Any] | None = None) -> None:
     """Atomically write model weights, SGD momentum buffers and JSON metadata to ``path``."""
-    model = getattr(model, "module", model)            # unwrap DDP
-    model = getattr(model, "_orig_mod", model)         # unwrap torch.compile
+    model = unwrap(model)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     if optimizer is not None:
         params = [p for group in optimizer.param_groups for p in group["params"]]
