@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     model, info = load_model_file(args.model)
     train_cfg = info.get("train_config") or {}
     dataset = args.dataset or train_cfg.get("dataset") or (
-        "imagenet" if getattr(model.config, "arch", "cifar") == "imagenet" else
+        "imagenet" if model.config.arch == "imagenet" else
         "cifar100" if model.config.num_classes == 100 else "cifar10")
     imagenet = dataset == "imagenet"
     if args.crops != 1 and not imagenet:

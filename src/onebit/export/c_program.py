@@ -152,7 +152,7 @@ def lower(model: WideResNet, image_size: int = 32) -> Program:
     if not isinstance(model, WideResNet):
         raise ConfigError(f"the C runtime exports WideResNet models, got {type(model).__name__}")
     cfg = model.config
-    if getattr(cfg, "arch", "cifar") != "cifar":
+    if cfg.arch != "cifar":
         raise ConfigError(f"the C runtime supports the CIFAR WRN shape only (3x3 stem, no max pool); "
                           f"{cfg.name} has arch={cfg.arch!r}")
     for name, conv in model.conv_layers():

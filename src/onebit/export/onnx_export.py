@@ -47,7 +47,7 @@ def export_onnx(model: WideResNet, path: str | Path, image_size: int | None = No
     import onnx
 
     path = Path(path)
-    image_size = image_size or (224 if getattr(model.config, "arch", "cifar") == "imagenet" else 32)
+    image_size = image_size or (224 if model.config.arch == "imagenet" else 32)
     baked = with_baked_weights(model)
     example = torch.zeros(1, model.config.in_channels, image_size, image_size)
     with warnings.catch_warnings():

@@ -126,7 +126,7 @@ def summarize(model: WideResNet | WRNConfig, image_size: int | None = None) -> M
     no weights touched). ``image_size`` defaults to 32 for CIFAR nets and 224 for ImageNet nets.
     """
     cfg = model.config if isinstance(model, WideResNet) else model
-    image_size = image_size or IMAGE_SIZES.get(getattr(cfg, "arch", "cifar"), 32)
+    image_size = image_size or IMAGE_SIZES.get(cfg.arch, 32)
     rows, input_shape = _layer_rows(cfg, image_size)
     bn_cfg = cfg if cfg.norm == "bn" else replace(cfg, norm="bn", temperature=None)
     bn_design = _bn_cost(rows if cfg.norm == "bn" else _layer_rows(bn_cfg, image_size)[0])
