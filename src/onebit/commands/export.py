@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
-from onebit.errors import OnebitError
 from onebit.export.targets import HOST, TARGETS
 
 FORMATS = ("packed", "onnx", "c")
@@ -64,8 +62,6 @@ def run(args: argparse.Namespace) -> int:
         export_onnx(model, out)
         print(f"wrote {out} ({out.stat().st_size:,} bytes, {model.config.name}, ONNX opset {OPSET})")
     else:
-        if importlib.util.find_spec("onebit.export.c_runtime") is None:
-            raise OnebitError("the C export (onebit.export.c_runtime) is not available in this installation")
         from onebit.export.c_runtime import export_c
 
         calibration = None

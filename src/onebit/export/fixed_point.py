@@ -238,9 +238,5 @@ def run_program_int(prog: Program, qp: QParams, images: torch.Tensor | np.ndarra
     return logits
 
 
-def dequantize_logits(q: np.ndarray, qp: QParams) -> np.ndarray:
-    return q.astype(np.float64) * 2.0 ** -qp.logit_frac
-
-
-__all__ = ["QParams", "LayerQ", "calibrate", "run_program_int", "dequantize_logits", "frac_bits",
+__all__ = ["QParams", "LayerQ", "calibrate", "run_program_int", "frac_bits",
            "multiplier", "rq", "sat16"]

@@ -257,12 +257,3 @@ def _load(path: Path) -> tuple[WideResNet, dict[str, Any]]:
     model.load_state_dict(state, strict=True)
     info = {"format": FORMAT, "version": VERSION, "model_config": config.to_dict(), "extra": extra}
     return model.eval(), info
-
-
-def is_packed_file(path: str | Path) -> bool:
-    """Whether ``path`` is a safetensors file whose metadata says ``format = onebit-packed``."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("format") == FORMAT
-    except (SafetensorError, OSError, ValueError, RuntimeError, UnicodeError):
-        return False

@@ -33,7 +33,7 @@ from onebit.train.config import TrainConfig
 from onebit.train.distributed import DistEnv, all_reduce_sum, device_for, distributed_context
 from onebit.train.schedules import learning_rate
 from onebit.train.evaluation import metric_sums, predict_batches
-from onebit.train.sources import TensorSource, make_source, split_batches
+from onebit.train.sources import make_source, split_batches
 from onebit.train.step import TrainStep, prepare_model
 
 VAL_SPLIT_SEED = 20190716  # fixed, so every run holds out the same validation images
@@ -159,8 +159,6 @@ class Trainer:
         self.data = load_datasets(cfg)
         self.source = make_source(self.data.train, cfg, self.device, rank, world_size)
         self.steps_per_epoch = self.source.steps_per_epoch
-        if isinstance(self.source, TensorSource):
-            self.train_images, self.train_labels = self.source.images, self.source.labels
         torch.manual_seed(cfg.seed)
         self.model_config = cfg.model_config()
         self.net: WideResNet
