@@ -7,7 +7,7 @@ one cosine cycle, BN nets 254 epochs of warm restarts (2, 4, ..., 128); head tem
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from onebit.errors import ConfigError
 from onebit.models import default_temperature
@@ -21,37 +21,22 @@ PUBLISHED_ACCURACY = {  # McDonnell et al. 2019, Table 1 (WRN-20-10, cutout), ac
 }
 
 
-def _paper_preset(dataset: str, norm: str, bits: int) -> dict[str, Any]:
+class Preset(NamedTuple):
+    description: str
+    settings: dict[str, Any]      # TrainConfig fields that differ from its defaults
+
+
+def paper_cifar(dataset: str, norm: str, bits: int) -> Preset:
+    """WRN-20-10 on CIFAR with the reference recipe of ``norm``'s design, and its published accuracy."""
     classes = 100 if dataset == "cifar100" else 10
-    preset: dict[str, Any] = {"dataset": dataset, "depth": 20, "width": 10, "norm": norm, "weight_bits": bits}
+    settings: dict[str, Any] = {"dataset": dataset, "depth": 20, "width": 10, "norm": norm, "weight_bits": bits}
     if norm == "bn":
-        preset.update(epochs=254, schedule="restarts")
+        settings.update(epochs=254, schedule="restarts")
     else:
-        preset.update(epochs=300, schedule="cosine", temperature=default_temperature(classes, bits))
-    return preset
-
-
-PRESETS: dict[str, tuple[str, dict[str, Any]]] = {}
-for _ds in ("cifar10", "cifar100"):
-    for _norm, _tag in (("bn", "bn"), ("none", "srelu")):
-        for _bits in (1, 32):
-            _name = f"{_ds}-wrn20-10-{_tag}-{_bits}bit"
-            _what = "BN + ReLU (ICLR 2018)" if _norm == "bn" else "shifted ReLU, no BN (2019)"
-            PRESETS[_name] = (f"paper: {_ds.upper()} WRN-20-10, {_bits}-bit weights, {_what}; published "
-                              f"{PUBLISHED_ACCURACY[(_ds, _norm, _bits)]:.2f}%",
-                              _paper_preset(_ds, _norm, _bits))
-
-PRESETS.update({
-    "cifar10-tiny": ("CPU, ~3 min on 2 cores: WRN-8-1, 1-bit, shifted ReLU, 6 epochs (~48% test accuracy)",
-                     {"dataset": "cifar10", "depth": 8, "width": 1, "norm": "none", "weight_bits": 1,
-                      "epochs": 6, "train_limit": 0, "schedule": "cosine"}),
-    "cifar10-small": ("CPU, ~35 min on 2 cores: WRN-14-2, 1-bit, shifted ReLU, 10 epochs",
-                      {"dataset": "cifar10", "depth": 14, "width": 2, "norm": "none", "weight_bits": 1,
-                       "epochs": 10, "schedule": "cosine"}),
-    "cifar10-small-bn": ("CPU, ~50 min on 2 cores: WRN-14-2, 1-bit, BN + ReLU, 14 epochs of warm restarts",
-                         {"dataset": "cifar10", "depth": 14, "width": 2, "norm": "bn", "weight_bits": 1,
-                          "epochs": 14, "schedule": "restarts"}),
-})
+        settings.update(epochs=300, schedule="cosine", temperature=default_temperature(classes, bits))
+    what = "BN + ReLU (ICLR 2018)" if norm == "bn" else "shifted ReLU, no BN (2019)"
+    return Preset(f"paper: {dataset.upper()} WRN-20-10, {bits}-bit weights, {what}; published "
+                  f"{PUBLISHED_ACCURACY[(dataset, norm, bits)]:.2f}%", settings)
 
 
 # ImageNet (McDonnell, ICLR 2018): WRN-18 with 160 channels in the first stage ("18-2.5", k = 10
@@ -60,19 +45,41 @@ PRESETS.update({
 # (BN, top-1/top-5): 1-bit 31.03/11.51 single crop, 26.04/8.48 with 25 crops; 32-bit 26.92/9.20 and
 # 22.99/6.91. The shifted-ReLU ImageNet nets are not in either paper (T = 25 is our guess).
 PUBLISHED_IMAGENET_ERROR = {("bn", 1): (31.03, 11.51, 26.04, 8.48), ("bn", 32): (26.92, 9.20, 22.99, 6.91)}
-for _norm, _tag in (("bn", "bn"), ("none", "srelu")):
-    for _bits in (1, 32):
-        _err = PUBLISHED_IMAGENET_ERROR.get((_norm, _bits))
-        _pub = (f"published top-1/top-5 error {_err[0]:.2f}/{_err[1]:.2f} (1 crop), "
-                f"{_err[2]:.2f}/{_err[3]:.2f} (25 crops)"
-                if _err else "not in the papers")
-        PRESETS[f"imagenet-wrn18-2.5-{_tag}-{_bits}bit"] = (
-            f"paper: ImageNet WRN-18-2.5, {_bits}-bit weights, "
-            f"{'BN + ReLU with learned scale/offset' if _norm == 'bn' else 'shifted ReLU, no BN'}; {_pub}",
-            {"dataset": "imagenet", "depth": 18, "width": 10, "norm": _norm, "weight_bits": _bits,
-             "epochs": 62, "schedule": "restarts", "first_cycle": 2, "batch_size": 256, "lr": 0.1,
-             "weight_decay": 1e-4, "translate": 0, "cutout": 0, "flip": True, "crop_size": 224,
-             "resize_size": 256, "eval_batch_size": 250})
+
+
+def paper_imagenet(norm: str, bits: int) -> Preset:
+    """ImageNet WRN-18-2.5 with the ICLR 2018 recipe, and its published error where there is one."""
+    err = PUBLISHED_IMAGENET_ERROR.get((norm, bits))
+    published = (f"published top-1/top-5 error {err[0]:.2f}/{err[1]:.2f} (1 crop), "
+                 f"{err[2]:.2f}/{err[3]:.2f} (25 crops)" if err else "not in the papers")
+    design = "BN + ReLU with learned scale/offset" if norm == "bn" else "shifted ReLU, no BN"
+    return Preset(f"paper: ImageNet WRN-18-2.5, {bits}-bit weights, {design}; {published}",
+                  {"dataset": "imagenet", "depth": 18, "width": 10, "norm": norm, "weight_bits": bits,
+                   "epochs": 62, "schedule": "restarts", "first_cycle": 2, "batch_size": 256, "lr": 0.1,
+                   "weight_decay": 1e-4, "translate": 0, "cutout": 0, "flip": True, "crop_size": 224,
+                   "resize_size": 256, "eval_batch_size": 250})
+
+
+def _tag(norm: str) -> str:
+    return "bn" if norm == "bn" else "srelu"
+
+
+# The registry, in listing order: name -> Preset. Add a preset by adding a row.
+PRESETS: dict[str, Preset] = {
+    **{f"{ds}-wrn20-10-{_tag(norm)}-{bits}bit": paper_cifar(ds, norm, bits)
+       for ds in ("cifar10", "cifar100") for norm in ("bn", "none") for bits in (1, 32)},
+    "cifar10-tiny": Preset("CPU, ~3 min on 2 cores: WRN-8-1, 1-bit, shifted ReLU, 6 epochs (~48% test accuracy)",
+                           {"dataset": "cifar10", "depth": 8, "width": 1, "norm": "none", "weight_bits": 1,
+                            "epochs": 6, "train_limit": 0, "schedule": "cosine"}),
+    "cifar10-small": Preset("CPU, ~35 min on 2 cores: WRN-14-2, 1-bit, shifted ReLU, 10 epochs",
+                            {"dataset": "cifar10", "depth": 14, "width": 2, "norm": "none", "weight_bits": 1,
+                             "epochs": 10, "schedule": "cosine"}),
+    "cifar10-small-bn": Preset("CPU, ~50 min on 2 cores: WRN-14-2, 1-bit, BN + ReLU, 14 epochs of warm restarts",
+                               {"dataset": "cifar10", "depth": 14, "width": 2, "norm": "bn", "weight_bits": 1,
+                                "epochs": 14, "schedule": "restarts"}),
+    **{f"imagenet-wrn18-2.5-{_tag(norm)}-{bits}bit": paper_imagenet(norm, bits)
+       for norm in ("bn", "none") for bits in (1, 32)},
+}
 
 
 def preset_names() -> list[str]:
@@ -83,8 +90,8 @@ def get_preset(name: str, **overrides: Any) -> TrainConfig:
     """The TrainConfig of preset ``name`` with ``overrides`` applied."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; `onebit presets` lists them")
-    return TrainConfig.from_dict({**PRESETS[name][1], **overrides})
+    return TrainConfig.from_dict({**PRESETS[name].settings, **overrides})
 
 
 def describe(name: str) -> str:
-    return PRESETS[name][0]
+    return PRESETS[name].description
