@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from onebit.data.batches import rank_slice
 from onebit.data.cifar import CifarSplit, load_cifar
 from onebit.data.imagenet import ImageFolderSplit, load_image_folder
+from onebit.data.splits import validation_split
 from onebit.errors import ConfigError, OnebitError, TrainingDiverged
 from onebit.models import WideResNet, build_model
 from onebit.nn import BinaryConv2d
@@ -35,9 +36,6 @@ from onebit.train.schedules import learning_rate
 from onebit.train.evaluation import metric_sums, predict_batches
 from onebit.train.sources import make_source, split_batches
 from onebit.train.step import TrainStep, prepare_model
-
-VAL_SPLIT_SEED = 20190716  # fixed, so every run holds out the same validation images
-
 
 @dataclass
 class Datasets:
@@ -54,10 +52,8 @@ def load_datasets(cfg: TrainConfig) -> Datasets:
     test = load_cifar(cfg.dataset, cfg.data_dir, train=False)
     val = None
     if cfg.val_size:
-        if cfg.val_size >= len(train):
-            raise ConfigError(f"val_size {cfg.val_size} leaves no training images (have {len(train)})")
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
-        val_idx, train_idx = order[:cfg.val_size], order[cfg.val_size:].sort().values
+        val_idx, rest = validation_split(len(train), cfg.val_size)
+        train_idx = rest.sort().values
         val = CifarSplit(train.images[val_idx], train.labels[val_idx], train.classes)
         train = CifarSplit(train.images[train_idx], train.labels[train_idx], train.classes)
     if cfg.train_limit:
@@ -74,13 +70,8 @@ def _load_image_folders(cfg: TrainConfig) -> Datasets:
     if len(train.classes) != cfg.num_classes:
         raise ConfigError(f"{train.root} has {len(train.classes)} classes but the model has {cfg.num_classes}; "
                           f"pass --classes {len(train.classes)}")
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
-    val = None
-    if cfg.val_size:
-        if cfg.val_size >= len(train):
-            raise ConfigError(f"val_size {cfg.val_size} leaves no training images (have {len(train)})")
-        val = train.subset(order[:cfg.val_size].sort().values)
-        order = order[cfg.val_size:]
+    val_idx, order = validation_split(len(train), cfg.val_size)
+    val = train.subset(val_idx.sort().values) if cfg.val_size else None
     if cfg.train_limit:
         order = order[:cfg.train_limit]
     if cfg.val_size or cfg.train_limit:
