@@ -25,6 +25,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -36,6 +37,25 @@ from onebit.train.config import TrainConfig
 BUSY_EXIT = 75                        # worker exit codes: another process holds the run,
 SKIPPED_EXIT = 76                     # the run was already in the store
 CHECKPOINT = "checkpoint.safetensors"
+
+
+class Status(StrEnum):
+    """What happened to one run."""
+
+    DONE = "done"          # trained (or resumed, or just recorded) and recorded now
+    SKIPPED = "skipped"    # already in the store
+    BUSY = "busy"          # another process holds the run
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    status: Status
+    error: str = ""        # why, when FAILED
+
+
+EXIT_CODES = {Status.DONE: 0, Status.BUSY: BUSY_EXIT, Status.SKIPPED: SKIPPED_EXIT}   # worker exit code of each
+WORKER_EXITS = {code: status for status, code in EXIT_CODES.items()}
 
 
 @dataclass
@@ -137,16 +157,16 @@ def run_lock(run_dir: Path) -> Iterator[bool]:
 
 
 def run_and_record(cfg: TrainConfig, run_dir: Path, store_path: Path, sweep: str | None = None,
-                   preset: str | None = None, progress: bool = False) -> str:
-    """Train (or resume, or just record) one run and record it; returns done, skipped or busy."""
+                   preset: str | None = None, progress: bool = False) -> Status:
+    """Train (or resume, or just record) one run and record it; returns DONE, SKIPPED or BUSY."""
     from onebit.train.loop import train
 
     with run_lock(run_dir) as mine:
         if not mine:
-            return "busy"
+            return Status.BUSY
         with ResultsStore(store_path) as store:
             if store.has(cfg.hash()):
-                return "skipped"
+                return Status.SKIPPED
         if not (run_dir / "results.json").is_file():
             resume = (run_dir / CHECKPOINT).is_file()
             if not resume:
@@ -156,7 +176,7 @@ def run_and_record(cfg: TrainConfig, run_dir: Path, store_path: Path, sweep: str
         record = make_record(run_dir, sweep, preset, cfg.device)
         with ResultsStore(store_path) as store:
             store.record(record)
-    return "done"
+    return Status.DONE
 
 
 # ----- many runs -----
@@ -192,26 +212,26 @@ def execute(runs: list[PlannedRun], store_path: Path, sweep: str | None = None, 
     return outcome
 
 
-def _in_process(run: PlannedRun, store_path: Path, sweep: str | None, progress: bool) -> str:
+def _in_process(run: PlannedRun, store_path: Path, sweep: str | None, progress: bool) -> RunResult:
     try:
-        return run_and_record(run.config, run.run_dir, store_path, sweep, run.preset, progress)
+        return RunResult(run_and_record(run.config, run.run_dir, store_path, sweep, run.preset, progress))
     except OnebitError as exc:
-        return f"failed: {exc}"
+        return RunResult(Status.FAILED, str(exc))
 
 
-def _settle(outcome: Outcome, run: PlannedRun, status: str) -> None:
+def _settle(outcome: Outcome, run: PlannedRun, result: RunResult) -> None:
     from tqdm.auto import tqdm
 
-    tqdm.write(f"{time.strftime('%H:%M:%S')} {status.split(':')[0]}: {run.label}")
-    if status == "done":
+    tqdm.write(f"{time.strftime('%H:%M:%S')} {result.status}: {run.label}")
+    if result.status is Status.DONE:
         outcome.done.append(run.config_hash)
-    elif status == "skipped":
+    elif result.status is Status.SKIPPED:
         outcome.skipped.append(run.config_hash)
-    elif status == "busy":
+    elif result.status is Status.BUSY:
         outcome.busy.append(run.config_hash)
     else:
-        outcome.failed[run.config_hash] = status.removeprefix("failed: ")
-        print(f"run {run.label} failed: {outcome.failed[run.config_hash]}", file=sys.stderr)
+        outcome.failed[run.config_hash] = result.error
+        print(f"run {run.label} failed: {result.error}", file=sys.stderr)
 
 
 def _with_workers(todo: list[PlannedRun], store_path: Path, sweep: str | None, jobs: int,
@@ -245,10 +265,9 @@ def _with_workers(todo: list[PlannedRun], store_path: Path, sweep: str | None, j
                     continue
                 log.close()
                 del active[slot]
-                status = {0: "done", BUSY_EXIT: "busy", SKIPPED_EXIT: "skipped"}.get(code)
-                if status is None:
-                    status = f"failed: worker exited with code {code}; see {run.run_dir / 'log.txt'}"
-                _settle(outcome, run, status)
+                result = (RunResult(WORKER_EXITS[code]) if code in WORKER_EXITS else RunResult(
+                    Status.FAILED, f"worker exited with code {code}; see {run.run_dir / 'log.txt'}"))
+                _settle(outcome, run, result)
                 bar.update()
     finally:
         for proc, _, log in active.values():     # interrupted: stop workers; their checkpoints remain
@@ -273,7 +292,7 @@ def worker_main(argv: list[str] | None = None) -> int:
         print(f"run {args.run_dir}: error: {exc}", file=sys.stderr)
         return 1
     print(f"run {args.run_dir}: {status}")
-    return {"busy": BUSY_EXIT, "skipped": SKIPPED_EXIT}.get(status, 0)
+    return EXIT_CODES[status]
 
 
 if __name__ == "__main__":
