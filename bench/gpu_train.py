@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import time
 
 import torch
@@ -33,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from onebit.data.augment import Augmentation
 from onebit.data.batches import epoch_batches, steps_per_epoch
-from onebit.models import WRNConfig, build_model
+from onebit.models import WRNConfig, build_model, parse_wrn_name
 from onebit.train.config import TrainConfig
 from onebit.train.device import select_device
 from onebit.train.loop import make_optimizer
@@ -64,10 +63,10 @@ def train_flops_per_image(cfg: WRNConfig, size: int = 32) -> float:
 
 
 def parse_model(name: str) -> tuple[int, int]:
-    m = re.fullmatch(r"wrn-(\d+)-(\d+)", name.strip().lower())
-    if not m:
+    size = parse_wrn_name(name)
+    if not size:
         raise SystemExit(f"model names look like wrn-20-10, got {name!r}")
-    return int(m.group(1)), int(m.group(2))
+    return size
 
 
 def sync(device: torch.device) -> None:

@@ -21,22 +21,13 @@ import time
 import torch
 import torch.nn.functional as F
 
+from onebit.bench.machine import matmul_gflops
 from onebit.data.augment import Augmentation
 from onebit.data.batches import epoch_batches
 from onebit.models.summary import summarize
 from onebit.models import WRNConfig, build_model
 from onebit.train.config import TrainConfig
 from onebit.train.loop import make_optimizer
-
-
-def matmul_gflops(n: int = 2048, seconds: float = 2.0) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    reps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        reps += 1
-    return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
 
 
 def time_steps(step, n: int, warmup: int = 2) -> float:
@@ -91,11 +82,11 @@ def main() -> None:
             stream = epoch_batches(images, labels, b, seed=0, epoch=int(time.time()), augment=augment)
             return next(stream)
 
-    matmul = matmul_gflops()
+    matmul = matmul_gflops(torch.get_num_threads())
     t_batch = time_steps(next_batch, args.steps * 5)
     t_bare = time_steps(lambda: train_step(fixed_x, fixed_y), args.steps)
     t_full = time_steps(lambda: train_step(*next_batch()), args.steps)
-    matmul_after = matmul_gflops()
+    matmul_after = matmul_gflops(torch.get_num_threads())
 
     def rate(t):
         return b / t, flops_per_image * b / t / 1e9

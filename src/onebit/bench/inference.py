@@ -36,11 +36,11 @@ import torch
 
 from onebit.errors import ConfigError, DataError, OnebitError
 from onebit.export.c_program import lower
-from onebit.models import WRNConfig, build_model
+from onebit.bench.machine import matmul_gflops
+from onebit.models import WRNConfig, build_model, parse_wrn_name
 
 SUBJECTS = ("torch-bn-fp32", "torch-1bit", "onnxruntime", "c-float", "c-int")
 DEFAULT_MODELS = ("wrn-14-4", "wrn-20-10")
-SPEC = re.compile(r"^wrn-(\d+)-(\d+)$")
 
 
 @dataclass
@@ -59,11 +59,11 @@ class BenchConfig:
 
 def resolve_model(spec: str, seed: int = 0):
     """``wrn-D-K`` (random BN-free 1-bit weights) or a model file; returns (model, label)."""
-    match = SPEC.match(spec.lower())
-    if match and not Path(spec).exists():
+    size = parse_wrn_name(spec)
+    if size and not Path(spec).exists():
         torch.manual_seed(seed)
         try:
-            cfg = WRNConfig(depth=int(match.group(1)), width=int(match.group(2)))
+            cfg = WRNConfig(depth=size[0], width=size[1])
         except ValueError as exc:
             raise ConfigError(f"{spec}: {exc}") from None
         return build_model(cfg).eval(), spec.lower()
@@ -76,24 +76,6 @@ def resolve_model(spec: str, seed: int = 0):
 def _percentile(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[max(0, math.ceil(q / 100 * len(s)) - 1)]
-
-
-def matmul_gflops(threads: int, n: int = 2048, reps: int = 5) -> float:
-    """fp32 matmul rate of this machine (PyTorch, ``threads`` threads): 2 n^3 / median time."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        for _ in range(2):
-            a @ b
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(old)
-    return 2 * n ** 3 / float(np.median(times)) / 1e9
 
 
 def _run(cmd: list[str], what: str, env: dict | None = None) -> str:

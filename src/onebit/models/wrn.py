@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,12 @@ NORMS = ("bn", "none")
 ARCHS = ("cifar", "imagenet")
 PAD_MODES = ("symmetric", "tf_same")  # "tf_same": the Keras reference models' stride-2 padding
 HEAD_POOLS = ("mean", "sum")      # "sum": the MatConvNet reference models' head (64x the mean on 8x8 maps)
+
+
+def parse_wrn_name(name: str) -> tuple[int, int] | None:
+    """(depth d, width k) of a ``wrn-d-k`` name (any case), or None when ``name`` is not one."""
+    match = re.fullmatch(r"wrn-(\d+)-(\d+)", name.strip().lower())
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def default_temperature(num_classes: int, weight_bits: int) -> float:
