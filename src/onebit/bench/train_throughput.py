@@ -39,7 +39,7 @@ def time_steps(step, n: int, warmup: int = 2) -> float:
     return (time.perf_counter() - start) / n
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--depth", type=int, default=14,
                     help="6n+2; 14 has 2 blocks per stage, the WRN-16-4 of Zagoruyko & Komodakis")
@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     ap.add_argument("--json", default=None, help="also write the results here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     torch.manual_seed(0)

@@ -77,14 +77,14 @@ def rate(paths: list[str], workers: int, transform, passes: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folder", default=None, help="ImageFolder root holding train/ (default: synthetic)")
     ap.add_argument("--images", type=int, default=512, help="images to read (synthetic: to write)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader worker processes")
     ap.add_argument("--crop", type=int, default=224, help="training crop size")
     ap.add_argument("--passes", type=int, default=2, help="passes over the images per measurement")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory() as tmp:
