@@ -1,0 +1,140 @@
+"""The package's layering: no import cycles, and no module importing a layer above its own.
+
+nn <- models <- data <- train <- experiments; export (deployment formats) depends only on nn, models and
+the small safetensors I/O module. The check reads every module's imports from its syntax tree, including
+the lazy imports inside functions, so an import hidden in a function body counts like any other.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "onebit"
+
+_CORE = {"errors", "nn", "models", "safetensors_io", "onebit"}  # "onebit": the package's public names
+# layer -> the layers its modules may import (besides their own layer)
+ALLOWED: dict[str, set[str]] = {
+    "errors": set(),
+    "nn": {"errors"},
+    "models": {"errors", "nn"},
+    "safetensors_io": {"errors"},
+    "onebit": {"nn", "models"},
+    "data": {"errors", "nn", "models"},
+    "export": {"errors", "nn", "models", "safetensors_io"},
+    "reference": {"errors", "nn", "models"},
+    "train": _CORE | {"data"},
+    "presets": _CORE | {"data", "train"},
+    "loading": _CORE | {"export", "train"},
+    "experiments": _CORE | {"data", "train", "presets"},
+    "runtime": _CORE | {"export", "loading"},
+    "bench": _CORE | {"data", "export", "loading", "train"},
+    "commands": _CORE | {"data", "train", "presets", "experiments", "export", "reference", "loading",
+                         "runtime", "bench"},
+    "cli": {"onebit", "errors", "commands"},
+    "__main__": {"cli"},
+}
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = (root.name, *path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports anywhere in its body (module level or inside functions)."""
+    modules = {module_name(p, root): p for p in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:                       # relative import
+                    anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, base] if base else anchor)
+                for alias in node.names:
+                    sub = f"{base}.{alias.name}"
+                    targets.add(sub if sub in modules else base)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for module, targets in sorted(graph.items()):
+        own = layer(module)
+        if own not in ALLOWED:
+            bad.append(f"{module}: layer {own!r} is not in the layering (add it to ALLOWED)")
+            continue
+        bad += [f"{module} imports {t}" for t in sorted(targets)
+                if layer(t) != own and layer(t) not in ALLOWED[own]]
+    return bad
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_onebit_has_no_import_cycles():
+    assert cycles(import_graph(PACKAGE)) == []
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    assert upward_imports(import_graph(PACKAGE)) == []
+
+
+def test_the_check_sees_cycles_and_upward_imports_in_function_bodies(tmp_path):
+    root = tmp_path / "onebit"
+    for folder in ("nn", "train"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "__init__.py").write_text("")
+    (root / "__init__.py").write_text("")
+    (root / "nn" / "layers.py").write_text("def f():\n    from onebit.train.loop import g\n")
+    (root / "train" / "loop.py").write_text("from onebit.nn import layers\n\ndef g():\n    pass\n")
+    (root / "train" / "step.py").write_text("from . import loop\n")
+    graph = import_graph(root)
+    assert graph["onebit.nn.layers"] == {"onebit.train.loop"}
+    assert graph["onebit.train.step"] == {"onebit.train.loop"}
+    assert cycles(graph) == [["onebit.nn.layers", "onebit.train.loop"]]
+    assert upward_imports(graph) == ["onebit.nn.layers imports onebit.train.loop"]
+
