@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.engine == "c":
         import torch
 
-        from onebit.train.evaluation import accuracy_from_logits
         from onebit.runtime import c_engine_logits
+        from onebit.train.evaluation import accuracy_from_logits
 
         logits = c_engine_logits(
             model, data.images, mode=args.c_mode, threads=args.threads, sources=args.c_sources,

@@ -32,10 +32,11 @@ from onebit.train.checkpoint import (CHECKPOINT_NAME, load_checkpoint, restore_o
                                      save_checkpoint)
 from onebit.train.config import TrainConfig
 from onebit.train.distributed import DistEnv, all_reduce_sum, device_for, distributed_context
-from onebit.train.schedules import learning_rate
 from onebit.train.evaluation import metric_sums, predict_batches
+from onebit.train.schedules import learning_rate
 from onebit.train.sources import make_source, split_batches
 from onebit.train.step import TrainStep, prepare_model
+
 
 @dataclass
 class Datasets:
