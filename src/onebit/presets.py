@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 from onebit.errors import ConfigError
 from onebit.models import default_temperature
-from onebit.train.config import TrainConfig
+from onebit.train.config import DATASET_CLASSES, TrainConfig
 
 PUBLISHED_ACCURACY = {  # McDonnell et al. 2019, Table 1 (WRN-20-10, cutout), accuracy %
     ("cifar10", "bn", 32): 96.62, ("cifar10", "bn", 1): 96.25,
@@ -28,12 +28,12 @@ class Preset(NamedTuple):
 
 def paper_cifar(dataset: str, norm: str, bits: int) -> Preset:
     """WRN-20-10 on CIFAR with the reference recipe of ``norm``'s design, and its published accuracy."""
-    classes = 100 if dataset == "cifar100" else 10
     settings: dict[str, Any] = {"dataset": dataset, "depth": 20, "width": 10, "norm": norm, "weight_bits": bits}
     if norm == "bn":
         settings.update(epochs=254, schedule="restarts")
     else:
-        settings.update(epochs=300, schedule="cosine", temperature=default_temperature(classes, bits))
+        settings.update(epochs=300, schedule="cosine",
+                        temperature=default_temperature(DATASET_CLASSES[dataset], bits))
     what = "BN + ReLU (ICLR 2018)" if norm == "bn" else "shifted ReLU, no BN (2019)"
     return Preset(f"paper: {dataset.upper()} WRN-20-10, {bits}-bit weights, {what}; published "
                   f"{PUBLISHED_ACCURACY[(dataset, norm, bits)]:.2f}%", settings)
