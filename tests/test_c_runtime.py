@@ -18,7 +18,7 @@ from onebit.errors import ConfigError
 from onebit.export.c_program import lower, model_fingerprint, run_program
 from onebit.export.c_runtime import export_c, pack_step_bits, plan_slots
 from onebit.export.fixed_point import QParams, run_program_int
-from onebit.models import WRNConfig, build_model
+from onebit.models import ReferenceLayout, WRNConfig, build_model
 
 CC = shutil.which("cc")
 needs_cc = pytest.mark.skipif(CC is None, reason="no C compiler (cc) on PATH")
@@ -89,7 +89,8 @@ def check_float(exe: Path, out: Path, model, images: torch.Tensor, *args: str) -
 @pytest.mark.parametrize("cfg", [
     WRNConfig(depth=8, width=1),                                  # BN-free
     WRNConfig(depth=8, width=1, norm="bn"),                       # BN kept as per-channel affines
-    WRNConfig(depth=8, width=1, norm="bn", pad_mode="tf_same", stem_relu=True, head_pool="sum"),
+    WRNConfig(depth=8, width=1, norm="bn",
+              reference=ReferenceLayout(pad_mode="tf_same", stem_relu=True, head_pool="sum")),
 ], ids=["srelu-8-1", "bn-8-1", "bn-tf-same-8-1"])
 def test_portable_build_matches_pytorch_and_int_matches_python(cfg, cifar, tmp_path):
     images, calib = cifar
@@ -156,7 +157,8 @@ def test_threads_give_identical_results(cifar, tmp_path):
 
 def test_lowered_program_matches_model(cifar):
     images, calib = cifar
-    for cfg in (WRNConfig(depth=8, width=1), WRNConfig(depth=8, width=1, norm="bn", pad_mode="tf_same")):
+    for cfg in (WRNConfig(depth=8, width=1), WRNConfig(depth=8, width=1, norm="bn",
+                                                          reference=ReferenceLayout(pad_mode="tf_same"))):
         model = make_model(cfg, calib)
         with torch.no_grad():
             ref = model(images[:8])

@@ -90,4 +90,4 @@ def test_all_convs_are_binary_conv():
                                  {"arch": "vgg"}, {"norm": "ln"}, {"temperature": -1.0}])
 def test_invalid_config_values_are_clear_errors(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
-        WRNConfig(**bad)
+        WRNConfig.from_dict(bad)

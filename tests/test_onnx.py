@@ -14,7 +14,7 @@ from onnx import numpy_helper
 from onebit.cli import main
 from onebit.export.onnx_export import export_onnx
 from onebit.export.packed import save_packed
-from onebit.models import WRNConfig, build_model
+from onebit.models import ReferenceLayout, WRNConfig, build_model
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,8 @@ def run_onnx(path, x: torch.Tensor) -> np.ndarray:
 
 @pytest.mark.parametrize("cfg", [WRNConfig(depth=8, width=2, norm="bn"),
                                  WRNConfig(depth=14, width=1, norm="none", binarize_first_last=False),
-                                 WRNConfig(depth=8, width=1, norm="bn", pad_mode="tf_same", stem_relu=True)],
+                                 WRNConfig(depth=8, width=1, norm="bn",
+                                           reference=ReferenceLayout(pad_mode="tf_same", stem_relu=True))],
                          ids=["bn", "srelu-fp32-edges", "bn-tf-same"])
 def test_onnx_matches_pytorch_on_real_images(tmp_path, images, cfg):
     model = calibrated(cfg, images[:64])

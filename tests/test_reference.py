@@ -12,7 +12,7 @@ import torch
 from onebit.cli import main
 from onebit.data.cifar import load_cifar
 from onebit.export.packed import load_packed, save_packed
-from onebit.models import WRNConfig, WideResNet
+from onebit.models import ReferenceLayout, WRNConfig, WideResNet
 from onebit.reference import KERAS, MATCONVNET, ReferenceImportError, import_reference
 
 KERAS_C10 = "CIFAR10_allparams.mat"
@@ -60,9 +60,9 @@ def test_detected_architecture(keras_c10, mcn_c10):
         assert imported.source_format == fmt
         assert (cfg.depth, cfg.width, cfg.num_classes, cfg.norm, cfg.weight_bits) == (20, 10, 10, "bn", 1)
         assert sum(c.weight.numel() for _, c in imported.model.conv_layers()) == 26_737_120
-    assert (keras_c10.model.config.pad_mode, keras_c10.model.config.stem_relu) == ("tf_same", False)
-    assert (mcn_c10.model.config.pad_mode, mcn_c10.model.config.stem_relu) == ("symmetric", True)
-    assert mcn_c10.model.config.head_pool == "sum"
+    assert (keras_c10.model.config.reference.pad_mode, keras_c10.model.config.reference.stem_relu) == ("tf_same", False)
+    assert (mcn_c10.model.config.reference.pad_mode, mcn_c10.model.config.reference.stem_relu) == ("symmetric", True)
+    assert mcn_c10.model.config.reference.head_pool == "sum"
 
 
 def test_weights_follow_the_files_layout(reference_models_dir: Path, keras_c10, mcn_c10):
@@ -172,7 +172,8 @@ def _keras_mat_of(model: WideResNet) -> dict[str, np.ndarray]:
 def test_synthetic_keras_file_round_trips_exactly(tmp_path: Path):
     """A small WRN-8-1 written in the Keras layout is imported with the same outputs (layout, BN order)."""
     torch.manual_seed(0)
-    model = WideResNet(WRNConfig(depth=8, width=1, num_classes=10, norm="bn", pad_mode="tf_same")).eval()
+    model = WideResNet(WRNConfig(depth=8, width=1, num_classes=10, norm="bn",
+                                 reference=ReferenceLayout(pad_mode="tf_same"))).eval()
     for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
         bn.running_mean.uniform_(-1, 1)
         bn.running_var.uniform_(0.5, 2)

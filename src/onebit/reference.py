@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from onebit.errors import OnebitError
-from onebit.models import WRNConfig, WideResNet
+from onebit.models import ReferenceLayout, WRNConfig, WideResNet
 from onebit.nn import BinaryConv2d, he_scale
 
 KERAS = "tf.keras"
@@ -125,7 +125,7 @@ def _numbered(mat: dict[str, Any], pattern: re.Pattern) -> list[np.ndarray]:
     return [np.asarray(mat[k]) for _, k in sorted(keyed)]
 
 
-def _config_for(kernels: list[np.ndarray], **options: Any) -> WRNConfig:
+def _config_for(kernels: list[np.ndarray], reference: ReferenceLayout) -> WRNConfig:
     """WRN depth, width and classes from the kernels (kh, kw, C_in, C_out) in forward order."""
     if any(k.ndim != 4 for k in kernels):
         raise ReferenceImportError(f"conv kernels must be 4-d (kh, kw, C_in, C_out), got shapes "
@@ -136,7 +136,7 @@ def _config_for(kernels: list[np.ndarray], **options: Any) -> WRNConfig:
         raise ReferenceImportError(f"{depth} conv layers with {kernels[0].shape[3]} stem channels is not a "
                                    f"WRN-d-k (d = 6n+2 convs, 16k stem channels)")
     return WRNConfig(depth=depth, width=width, num_classes=int(kernels[-1].shape[3]), norm="bn",
-                     weight_bits=1, binarize_first_last=True, **options)
+                     weight_bits=1, binarize_first_last=True, reference=reference)
 
 
 def _set_convs(model: WideResNet, kernels: list[np.ndarray], scales: list[float] | None = None) -> None:
@@ -186,7 +186,7 @@ def _set_bn(bn: nn.BatchNorm2d, mean: np.ndarray, var: np.ndarray, index: int,
 def _from_keras(mat: dict[str, Any]) -> tuple[WideResNet, dict[str, Any]]:
     kernels = [k[0] if k.ndim == 5 and k.shape[0] == 1 else k for k in _numbered(mat, _KERAS_CONV)]
     bns = _numbered(mat, _KERAS_BN)
-    cfg = _config_for(kernels, pad_mode="tf_same", stem_relu=False)
+    cfg = _config_for(kernels, ReferenceLayout(pad_mode="tf_same"))
     model = WideResNet(cfg)
     _set_convs(model, kernels)
     layers = _bn_layers(model)
@@ -216,7 +216,7 @@ def _cells(value: Any) -> list[np.ndarray]:
 
 def _from_matconvnet(mat: dict[str, Any]) -> tuple[WideResNet, dict[str, Any]]:
     kernels = [k.reshape(k.shape + (1,) * (4 - k.ndim)) for k in _cells(mat["BinaryWeights"])]
-    cfg = _config_for(kernels, pad_mode="symmetric", stem_relu=True, head_pool="sum")
+    cfg = _config_for(kernels, ReferenceLayout(pad_mode="symmetric", stem_relu=True, head_pool="sum"))
     model = WideResNet(cfg)
     convs = [c for _, c in model.conv_layers()]
     strides = np.ravel(mat["Stride"]).astype(int).tolist()

@@ -43,7 +43,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from onebit.errors import OnebitError
-from onebit.models import WRNConfig, WideResNet
+from onebit.models import ReferenceLayout, WRNConfig, WideResNet
 from onebit.nn import BinaryConv2d, unwrap
 from onebit.safetensors_io import atomic_save
 
@@ -138,7 +138,8 @@ def _parse_config(text: str) -> WRNConfig:
         raise PackedModelError(f"model_config is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise PackedModelError("model_config is not a JSON object")
-    fields = {f.name: f for f in dataclasses.fields(WRNConfig)}
+    fields = {f.name: f for f in (*dataclasses.fields(WRNConfig), *dataclasses.fields(ReferenceLayout))
+              if f.name != "reference"}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise PackedModelError(f"model_config has unknown keys {unknown}")
@@ -157,7 +158,7 @@ def _parse_config(text: str) -> WRNConfig:
         if isinstance(default, int) and not isinstance(default, bool) and not 1 <= value <= _MAX_DIM:
             raise PackedModelError(f"model_config.{key} = {value} is out of range")
     try:
-        return WRNConfig(**data)
+        return WRNConfig.from_dict(data)
     except (ValueError, TypeError) as exc:
         raise PackedModelError(f"model_config is invalid ({exc})") from None
 

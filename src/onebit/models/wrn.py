@@ -49,6 +49,31 @@ def default_temperature(num_classes: int, weight_bits: int) -> float:
     return 40.0 if weight_bits == 1 else 80.0
 
 
+@dataclass(frozen=True)
+class ReferenceLayout:
+    """Details that exist only to reproduce the released reference models exactly (``reference.py``,
+    ``onebit import-reference``); the defaults are onebit's own networks.
+
+    * ``pad_mode``: ``symmetric`` (1 pixel on every side) or ``tf_same`` (the Keras models' stride-2 'same'
+      padding: nothing before, 1 after);
+    * ``stem_relu``: a ReLU after the stem conv (the MatConvNet models);
+    * ``head_pool``: ``mean`` (global average pool) or ``sum`` (the MatConvNet models: 64x the mean on 8x8).
+    """
+
+    pad_mode: str = "symmetric"
+    stem_relu: bool = False
+    head_pool: str = "mean"
+
+    def __post_init__(self) -> None:
+        if self.pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
+        if self.head_pool not in HEAD_POOLS:
+            raise ValueError(f"head_pool must be one of {HEAD_POOLS}, got {self.head_pool!r}")
+
+
+LAYOUT_KEYS = tuple(f.name for f in dataclasses.fields(ReferenceLayout))
+
+
 @dataclass
 class WRNConfig:
     """Everything that defines a network's architecture (stored in checkpoints and model files)."""
@@ -61,9 +86,7 @@ class WRNConfig:
     temperature: float | None = None
     binarize_first_last: bool = True
     in_channels: int = 3
-    pad_mode: str = "symmetric"
-    stem_relu: bool = False
-    head_pool: str = "mean"
+    reference: ReferenceLayout = dataclasses.field(default_factory=ReferenceLayout)
     arch: str = "cifar"
 
     def __post_init__(self) -> None:
@@ -84,10 +107,6 @@ class WRNConfig:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
         if self.in_channels < 1:
             raise ValueError(f"in_channels must be a positive integer, got {self.in_channels}")
-        if self.pad_mode not in PAD_MODES:
-            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
-        if self.head_pool not in HEAD_POOLS:
-            raise ValueError(f"head_pool must be one of {HEAD_POOLS}, got {self.head_pool!r}")
         if self.temperature is None and self.norm == "none":
             self.temperature = default_temperature(self.num_classes, self.weight_bits)
         if self.temperature is not None and not self.temperature > 0:
@@ -119,15 +138,24 @@ class WRNConfig:
         return f"wrn-{self.depth}-{self.width}-{design}-{self.weight_bits}bit"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as files store it: one flat JSON object (the reference-layout keys inline)."""
+        flat: dict[str, Any] = {}
+        for key, value in dataclasses.asdict(self).items():
+            if key == "reference":
+                flat.update(value)
+            else:
+                flat[key] = value
+        return flat
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "WRNConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
+        """The inverse of ``to_dict``."""
+        own = {f.name for f in dataclasses.fields(cls)} - {"reference"}
+        unknown = set(data) - own - set(LAYOUT_KEYS)
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**data)
+        reference = ReferenceLayout(**{k: data[k] for k in LAYOUT_KEYS if k in data})
+        return cls(**{k: v for k, v in data.items() if k in own}, reference=reference)
 
 
 def make_activation(norm: str, channels: int, affine: bool = False) -> nn.Module:
@@ -164,11 +192,11 @@ class PreActBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int, cfg: WRNConfig):
         super().__init__()
         self.act1 = make_activation(cfg.norm, in_channels, cfg.bn_affine)
-        self.conv1 = BinaryConv2d(in_channels, out_channels, 3, stride, cfg.weight_bits, cfg.pad_mode)
+        self.conv1 = BinaryConv2d(in_channels, out_channels, 3, stride, cfg.weight_bits, cfg.reference.pad_mode)
         self.act2 = make_activation(cfg.norm, out_channels, cfg.bn_affine)
-        self.conv2 = BinaryConv2d(out_channels, out_channels, 3, 1, cfg.weight_bits, cfg.pad_mode)
+        self.conv2 = BinaryConv2d(out_channels, out_channels, 3, 1, cfg.weight_bits, cfg.reference.pad_mode)
         if stride != 1 or in_channels != out_channels:
-            self.shortcut: nn.Module = DownsampleShortcut(in_channels, out_channels, cfg.pad_mode)
+            self.shortcut: nn.Module = DownsampleShortcut(in_channels, out_channels, cfg.reference.pad_mode)
         else:
             self.shortcut = nn.Identity()
 
@@ -192,9 +220,9 @@ class WideResNet(nn.Module):
         c1, c_last = channels[0], channels[-1]
         imagenet = cfg.arch == "imagenet"
         self.input_bn = nn.BatchNorm2d(cfg.in_channels, affine=True)
-        self.stem_act = nn.ReLU() if cfg.stem_relu else nn.Identity()
+        self.stem_act = nn.ReLU() if cfg.reference.stem_relu else nn.Identity()
         self.stem = BinaryConv2d(cfg.in_channels, c1, 7 if imagenet else 3, 2 if imagenet else 1, edge_bits,
-                                 cfg.pad_mode)
+                                 cfg.reference.pad_mode)
         self.stem_pool = nn.MaxPool2d(3, 2, padding=1) if imagenet else nn.Identity()
         blocks = []
         in_c = c1
@@ -205,7 +233,7 @@ class WideResNet(nn.Module):
                 in_c = out_c
         self.blocks = nn.Sequential(*blocks)
         self.head_act = make_activation(cfg.norm, c_last, cfg.bn_affine)
-        self.head = BinaryConv2d(c_last, cfg.num_classes, 1, 1, edge_bits, cfg.pad_mode)
+        self.head = BinaryConv2d(c_last, cfg.num_classes, 1, 1, edge_bits, cfg.reference.pad_mode)
         self.head_bn = nn.BatchNorm2d(cfg.num_classes, affine=cfg.bn_affine) if cfg.norm == "bn" else None
         self.inv_temperature = 1.0 / cfg.temperature if cfg.norm == "none" else 1.0
 
@@ -218,7 +246,7 @@ class WideResNet(nn.Module):
             x = self.head_bn(x)
         else:
             x = x * self.inv_temperature
-        return x.sum(dim=(2, 3)) if self.config.head_pool == "sum" else x.mean(dim=(2, 3))
+        return x.sum(dim=(2, 3)) if self.config.reference.head_pool == "sum" else x.mean(dim=(2, 3))
 
     def conv_layers(self) -> list[tuple[str, BinaryConv2d]]:
         """All convolutions in forward order, with their qualified names."""
