@@ -60,8 +60,9 @@ def test_detected_architecture(keras_c10, mcn_c10):
         assert imported.source_format == fmt
         assert (cfg.depth, cfg.width, cfg.num_classes, cfg.norm, cfg.weight_bits) == (20, 10, 10, "bn", 1)
         assert sum(c.weight.numel() for _, c in imported.model.conv_layers()) == 26_737_120
-    assert (keras_c10.model.config.reference.pad_mode, keras_c10.model.config.reference.stem_relu) == ("tf_same", False)
-    assert (mcn_c10.model.config.reference.pad_mode, mcn_c10.model.config.reference.stem_relu) == ("symmetric", True)
+    assert keras_c10.model.config.reference == ReferenceLayout(pad_mode="tf_same", stem_relu=False)
+    assert (mcn_c10.model.config.reference.pad_mode, mcn_c10.model.config.reference.stem_relu) == (
+        "symmetric", True)
     assert mcn_c10.model.config.reference.head_pool == "sum"
 
 

@@ -214,8 +214,8 @@ def lower(model: WideResNet, image_size: int = 32) -> Program:
     else:
         head_a = np.full(cfg.num_classes, float(model.inv_temperature))
         head_b = np.zeros(cfg.num_classes)
-    return Program(in_c=in_c, in_c_p=in_c_p, in_hw=hw, in_a=in_a, in_b=in_b, stem_relu=cfg.reference.stem_relu,
-                   steps=steps, head_a=head_a, head_b=head_b,
+    return Program(in_c=in_c, in_c_p=in_c_p, in_hw=hw, in_a=in_a, in_b=in_b,
+                   stem_relu=cfg.reference.stem_relu, steps=steps, head_a=head_a, head_b=head_b,
                    head_pool=cfg.reference.head_pool, num_classes=head.cout, tensors=tensors,
                    norm=cfg.norm)
 

@@ -191,12 +191,13 @@ class PreActBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, cfg: WRNConfig):
         super().__init__()
+        pad = cfg.reference.pad_mode
         self.act1 = make_activation(cfg.norm, in_channels, cfg.bn_affine)
-        self.conv1 = BinaryConv2d(in_channels, out_channels, 3, stride, cfg.weight_bits, cfg.reference.pad_mode)
+        self.conv1 = BinaryConv2d(in_channels, out_channels, 3, stride, cfg.weight_bits, pad)
         self.act2 = make_activation(cfg.norm, out_channels, cfg.bn_affine)
-        self.conv2 = BinaryConv2d(out_channels, out_channels, 3, 1, cfg.weight_bits, cfg.reference.pad_mode)
+        self.conv2 = BinaryConv2d(out_channels, out_channels, 3, 1, cfg.weight_bits, pad)
         if stride != 1 or in_channels != out_channels:
-            self.shortcut: nn.Module = DownsampleShortcut(in_channels, out_channels, cfg.reference.pad_mode)
+            self.shortcut: nn.Module = DownsampleShortcut(in_channels, out_channels, pad)
         else:
             self.shortcut = nn.Identity()
 
