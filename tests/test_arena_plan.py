@@ -8,7 +8,7 @@ import pytest
 
 from onebit.export.c_program import lower
 from onebit.export.c_runtime import _lag_bytes, plan_slots
-from onebit.models import WRNConfig, build_model
+from onebit.models import ReferenceLayout, WRNConfig, build_model
 
 
 def spans(prog, plan, esz):
@@ -21,7 +21,7 @@ def spans(prog, plan, esz):
 
 
 @pytest.mark.parametrize("cfg", [WRNConfig(depth=8, width=1), WRNConfig(depth=14, width=2),
-                                 WRNConfig(depth=8, width=1, norm="bn", pad_mode="tf_same")],
+                                 WRNConfig(depth=8, width=1, norm="bn", reference=ReferenceLayout(pad_mode="tf_same"))],
                          ids=["8-1", "14-2", "bn-tf-8-1"])
 @pytest.mark.parametrize("overlap", [False, True])
 def test_live_tensors_never_collide(cfg, overlap):
