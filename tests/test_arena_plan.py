@@ -21,7 +21,8 @@ def spans(prog, plan, esz):
 
 
 @pytest.mark.parametrize("cfg", [WRNConfig(depth=8, width=1), WRNConfig(depth=14, width=2),
-                                 WRNConfig(depth=8, width=1, norm="bn", reference=ReferenceLayout(pad_mode="tf_same"))],
+                                 WRNConfig(depth=8, width=1, norm="bn",
+                                           reference=ReferenceLayout(pad_mode="tf_same"))],
                          ids=["8-1", "14-2", "bn-tf-8-1"])
 @pytest.mark.parametrize("overlap", [False, True])
 def test_live_tensors_never_collide(cfg, overlap):
