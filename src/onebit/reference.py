@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from onebit.errors import OnebitError
+from onebit.errors import ReferenceImportError
 from onebit.models import WRNConfig, WideResNet
 from onebit.nn import BinaryConv2d, he_scale
 
@@ -40,10 +40,6 @@ BN_EPS = 1e-5         # the Keras models' epsilon = BatchNorm2d's default (files
 _KERAS_CONV = re.compile(r"^conv2d(?:_(\d+))?$")
 _KERAS_BN = re.compile(r"^batch_normalization(?:_v\d+)?(?:_(\d+))?$")
 _MATCONVNET_KEYS = ("BinaryWeights", "LayerWeights", "Moments", "BNG", "BNB", "Stride", "Padding")
-
-
-class ReferenceImportError(OnebitError):
-    """A .mat file that is not a complete, known released reference model."""
 
 
 @dataclass

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from onebit.errors import OnebitError
+from onebit.errors import StoreError
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60.0
@@ -50,10 +50,6 @@ CREATE TABLE IF NOT EXISTS epochs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_variant ON runs (dataset, depth, width, norm, weight_bits);
 """
-
-
-class StoreError(OnebitError):
-    """The results store is unreadable, corrupt or from an unknown schema."""
 
 
 @dataclass

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
-from onebit.errors import OnebitError
+from onebit.errors import PackedModelError
 from onebit.models import WRNConfig, WideResNet
 from onebit.nn import BinaryConv2d
 from onebit.train.checkpoint import atomic_save
@@ -53,10 +53,6 @@ SUFFIX = ".onebit"
 # Sanity bound on width, classes and input channels: keeps every shape far inside int64 before any
 # tensor (even a meta one) is built from an untrusted config.
 _MAX_DIM = 1 << 20
-
-
-class PackedModelError(OnebitError):
-    """A packed model file is missing, truncated, corrupt, of another version, or inconsistent."""
 
 
 def pack_bits(weight: torch.Tensor) -> torch.Tensor:

@@ -19,16 +19,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from onebit.errors import OnebitError
+from onebit.errors import CheckpointError
 from onebit.models import WRNConfig, WideResNet, build_model
 
 FORMAT = "onebit-checkpoint"
 VERSION = "1"
 CHECKPOINT_NAME = "checkpoint.safetensors"
-
-
-class CheckpointError(OnebitError):
-    """A checkpoint file is missing, corrupt, or not a onebit checkpoint."""
 
 
 @dataclass
