@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from onebit.errors import ConfigError
+from onebit.rundir import RunDir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         for r in planned:
             state = "stored" if r.config_hash in stored else (
-                "resumable" if (r.run_dir / "checkpoint.safetensors").is_file() else "to run")
+                "resumable" if RunDir(r.run_dir).has_checkpoint() else "to run")
             print(f"{state:<9}  {r.label}")
         print(f"{len(planned)} runs, {sum(r.config_hash in stored for r in planned)} stored; store {store_path}")
         return 0

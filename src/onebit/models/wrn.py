@@ -83,8 +83,8 @@ class WRNConfig:
             raise ValueError(f"head_pool must be one of {HEAD_POOLS}, got {self.head_pool!r}")
         if self.temperature is None and self.norm == "none":
             self.temperature = default_temperature(self.num_classes, self.weight_bits)
-        if self.temperature is not None and not self.temperature > 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.temperature is not None and not 0 < self.temperature < float("inf"):
+            raise ValueError(f"temperature must be a positive finite number, got {self.temperature}")
 
     @property
     def stage_widths(self) -> tuple[int, ...]:
