@@ -66,14 +66,18 @@ def read_mat(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ReferenceImportError(f"{path}: no such file")
+    import zlib
+
     import scipy.io
+    from scipy.io.matlab import MatReadError
 
     try:
         mat = scipy.io.loadmat(str(path))
     except NotImplementedError:
         raise ReferenceImportError(f"{path}: MATLAB v7.3 (HDF5) .mat files are not supported; the released "
                                    f"reference models are v5 .mat files") from None
-    except (ValueError, TypeError, OSError, EOFError, IndexError, KeyError) as exc:
+    except (ValueError, TypeError, OSError, EOFError, IndexError, KeyError, MatReadError, zlib.error,
+            OverflowError, MemoryError) as exc:
         raise ReferenceImportError(f"{path}: not a readable MATLAB .mat file ({exc})") from None
     return {k: v for k, v in mat.items() if not k.startswith("__")}
 

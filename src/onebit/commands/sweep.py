@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from pathlib import Path
 
 from onebit.errors import ConfigError
@@ -45,6 +46,10 @@ def visible_gpus(spec: str) -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run(args: argparse.Namespace) -> int:
     from onebit.experiments.runner import execute
     from onebit.experiments.store import ResultsStore
@@ -70,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{state:<9}  {r.label}")
         print(f"{len(planned)} runs, {sum(r.config_hash in stored for r in planned)} stored; store {store_path}")
         return 0
+    signal.signal(signal.SIGTERM, _stop)      # `kill PID` stops the workers too (their checkpoints remain)
     print(f"sweep {sweep.name}: {len(planned)} runs, {sum(r.config_hash in stored for r in planned)} already "
           f"stored; store {store_path}; run folders {sweep.runs_dir}")
     outcome = execute(planned, store_path, sweep.name, jobs=jobs, gpus=gpus, progress=not args.no_progress)

@@ -94,12 +94,11 @@ class TrainConfig:
             (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
             (self.temperature is None or self.temperature > 0,
              f"temperature must be > 0, got {self.temperature}"),
-            (re.fullmatch(r"auto|cpu|cuda(:\d{1,4})?", self.device) is not None,
-             f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        check_device_name(self.device)
         self.model_config()
 
     def _check_types(self) -> None:
@@ -173,6 +172,12 @@ class TrainConfig:
         items = {k: v for k, v in self.to_dict().items()
                  if k not in ignore and not (k in ADDED_FIELDS and v == defaults[k])}
         return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_device_name(name: str) -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (the only devices onebit runs on), else ConfigError."""
+    if re.fullmatch(r"auto|cpu|cuda(:\d{1,4})?", name) is None:
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
 
 
 def _raise_dataset(name: str) -> int:
