@@ -81,10 +81,10 @@ class ResultsStore:
 
     def __init__(self, path: str | Path, create: bool = True):
         self.path = Path(path)
-        if not create and not self.path.is_file():
-            raise StoreError(f"results store {self.path} not found")
         if self.path.is_dir():
             raise StoreError(f"results store {self.path} is a folder, not a file")
+        if not create and not self.path.is_file():
+            raise StoreError(f"results store {self.path} not found")
         self.create = create
         existing = self.path.is_file() and self.path.stat().st_size > 0
         try:
@@ -201,7 +201,7 @@ class ResultsStore:
             return [self._decode(r) for r in rows]
 
     @contextmanager
-    def _reading(self) -> Iterator[None]:
+    def reading(self) -> Iterator[None]:
         """Turn a corrupt database page or row met while reading into one StoreError line."""
         try:
             yield
