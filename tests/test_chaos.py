@@ -153,11 +153,12 @@ def test_sigkill_at_random_moments_loses_nothing_and_resumes_exactly(tiny_cifar1
 
 def test_second_writer_is_refused_with_the_holders_pid(tiny_cifar10, tmp_path):
     run = tmp_path / "run"
-    holder = start(train_argv(tiny_cifar10, run), delay=3.0)         # slow writes: holds the lock a while
+    assert main(train_argv(tiny_cifar10, run) + ["--stop-after", "1"]) == 0
+    holder = start(resume_argv(run), delay=1000.0)    # takes the lock, then stalls in its first write
     try:
-        deadline = time.monotonic() + 60
-        while not (RunDir(run).lock_file.exists() and RunDir(run).lock_file.read_text().strip()):
-            assert time.monotonic() < deadline
+        deadline = time.monotonic() + 120
+        while RunDir(run).lock_file.read_text().strip() != str(holder):
+            assert time.monotonic() < deadline, "the holder did not take the lock"
             time.sleep(0.01)
         for argv in (train_argv(tiny_cifar10, run), resume_argv(run)):
             out = subprocess.run([sys.executable, "-m", "onebit", *argv], capture_output=True, text=True,
@@ -166,7 +167,7 @@ def test_second_writer_is_refused_with_the_holders_pid(tiny_cifar10, tmp_path):
             assert out.stderr.count("\n") == 1 and f"in use by process {holder}" in out.stderr, out.stderr
     finally:
         wait(holder, kill_after=0.0)
-    # killed holder: the lock died with it, and the run resumes
+    # the lock died with the killed holder, and the run resumes
     assert wait(start(resume_argv(run), delay=None)) == 0
     assert metric_epochs(run) == list(range(1, EPOCHS + 1))
 
@@ -270,3 +271,30 @@ def test_full_disk_by_fault_injection(tiny_cifar10, tmp_path, reference, monkeyp
     assert main(resume_argv(run)) == 0
     assert metric_epochs(run) == list(range(1, EPOCHS + 1))
     assert all(torch.equal(a, b) for a, b in zip(weights(run).values(), weights(ref_run).values()))
+
+
+def test_sigterm_stops_a_parallel_sweeps_workers(tiny_cifar10, tmp_path):
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(f'[base]\ndata_dir = "{tiny_cifar10}"\ndepth = 8\nwidth = 1\nepochs = 200\n'
+                     f'batch_size = 50\nnum_threads = 1\n[grid]\nseed = [0, 1]\n')
+    proc = subprocess.Popen([sys.executable, "-m", "onebit", "sweep", str(sweep), "--jobs", "2", "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        deadline = time.monotonic() + 300
+        while True:        # both workers hold their run folders' locks (their PIDs are in the lock files)
+            pids = [int(t) for p in (tmp_path / "s-runs").glob("*/.lock") if (t := p.read_text().strip())]
+            if len(pids) == 2:
+                break
+            assert time.monotonic() < deadline and proc.poll() is None, "the workers did not start"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0 and proc.stderr.read().count("\n") <= 1
+    for pid in pids:                       # the workers are gone (not left running)
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

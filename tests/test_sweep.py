@@ -109,7 +109,7 @@ def test_data_dir_environment_and_default(tmp_path, monkeypatch):
     ("[base\ndepth = 8\n", "not valid TOML"),
     ("[base]\npreset = \"nope\"\n", "unknown preset"),
     ("[base]\ndepth = 9\n", "6n\\+2"),
-    ("[base]\ndepth = \"eight\"\n", "wrong type"),
+    ("[base]\ndepth = \"eight\"\n", "depth must be an integer"),
     ("[[rule]]\nwhen = {norm = \"bn\"}\n[base]\ndepth = 8\n", "when. table and a .set"),
     ("[sweep]\nname = \"x\"\n", "needs a"),
 ])
