@@ -12,16 +12,17 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "onebit"
 
-_CORE = {"errors", "nn", "models", "safetensors_io", "onebit"}  # "onebit": the package's public names
+_CORE = {"errors", "rundir", "nn", "models", "safetensors_io", "onebit"}  # "onebit": the package's public names
 # layer -> the layers its modules may import (besides their own layer)
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
+    "rundir": {"errors"},
     "nn": {"errors"},
     "models": {"errors", "nn"},
-    "safetensors_io": {"errors"},
+    "safetensors_io": {"errors", "rundir"},
     "onebit": {"nn", "models"},
     "data": {"errors", "nn", "models"},
-    "export": {"errors", "nn", "models", "safetensors_io"},
+    "export": {"errors", "rundir", "nn", "models", "safetensors_io"},
     "reference": {"errors", "nn", "models"},
     "train": _CORE | {"data"},
     "presets": _CORE | {"data", "train"},

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from onebit.experiments.runner import execute, run_and_record, run_lock
 from onebit.experiments.store import ResultsStore
 from onebit.experiments.sweep import load_sweep, resolve_path
 from onebit.presets import PRESETS
+from onebit.rundir import RunDir
 from onebit.train.loop import train
 
 GRID = """
@@ -109,7 +112,7 @@ def test_data_dir_environment_and_default(tmp_path, monkeypatch):
     ("[base\ndepth = 8\n", "not valid TOML"),
     ("[base]\npreset = \"nope\"\n", "unknown preset"),
     ("[base]\ndepth = 9\n", "6n\\+2"),
-    ("[base]\ndepth = \"eight\"\n", "wrong type"),
+    ("[base]\ndepth = \"eight\"\n", "depth must be an integer"),
     ("[[rule]]\nwhen = {norm = \"bn\"}\n[base]\ndepth = 8\n", "when. table and a .set"),
     ("[sweep]\nname = \"x\"\n", "needs a"),
 ])
@@ -181,10 +184,22 @@ def test_sweep_records_skips_stored_runs_and_resumes_an_interrupted_one(tmp_path
 
 def test_locked_run_is_left_to_its_owner(tmp_path, tiny_cifar10):
     run = load_sweep(tiny_sweep(tmp_path, tiny_cifar10, [0])).expand()[0]
-    with run_lock(run.run_dir) as mine:
-        assert mine
-        # flock locks belong to the open file description: a second open in this process conflicts too
+    owner = os.fork()            # another process holds the run's lock (the lock is re-entrant in one process)
+    if owner == 0:
+        try:
+            with run_lock(run.run_dir) as mine:
+                assert mine
+                time.sleep(600)
+        finally:
+            os._exit(0)
+    try:
+        lock = RunDir(run.run_dir).lock_file
+        while not (lock.exists() and lock.read_text().strip() == str(owner)):
+            time.sleep(0.01)
         assert run_and_record(run.config, run.run_dir, tmp_path / "runs.db") == "busy"
+    finally:
+        os.kill(owner, signal.SIGKILL)
+        os.waitpid(owner, 0)
     assert not (run.run_dir / "checkpoint.safetensors").exists()
 
 

@@ -1,4 +1,9 @@
-"""The error type every user-facing failure is turned into: one clear line, non-zero exit."""
+"""The one error family of onebit: every expected failure is an :class:`OnebitError`.
+
+The command line catches ``OnebitError`` and prints ``onebit CMD: error: <message>`` (one line) and exits
+with ``exit_code``. Each module raises the subclass that names its input; all are defined here so that
+callers (the CLI, the sweep runner) can catch the family, or one member, without importing heavy modules.
+"""
 
 
 class OnebitError(Exception):
@@ -12,10 +17,45 @@ class DataError(OnebitError):
 
 
 class ConfigError(OnebitError):
-    """An impossible or unknown configuration."""
+    """An impossible, unknown or wrongly typed configuration value or option."""
 
 
 class TrainingDiverged(OnebitError):
     """The loss became NaN or infinite."""
 
     exit_code = 3
+
+
+class RunDirError(OnebitError):
+    """A run directory is unusable: unreadable files, an unwritable folder, or a run that is not this one."""
+
+
+class RunLockedError(RunDirError):
+    """Another process holds the run directory's lock."""
+
+
+class CheckpointError(OnebitError):
+    """A checkpoint file is missing, corrupt, or not a onebit checkpoint."""
+
+
+class PackedModelError(OnebitError):
+    """A packed model file is missing, truncated, corrupt, of another version, or inconsistent."""
+
+
+class StoreError(OnebitError):
+    """The results store is unreadable, corrupt or from an unknown schema."""
+
+
+class ReferenceImportError(OnebitError):
+    """A reference-implementation model file cannot be converted."""
+
+
+class RuntimeMismatchError(OnebitError):
+    """Generated C sources or a compiled C runtime do not belong to the model they are used with."""
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an OSError: ``<file>: <reason>`` (e.g. ``runs/x/metrics.jsonl: No space left on device``)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    names = [n for n in (exc.filename, exc.filename2) if n is not None]
+    return f"{' -> '.join(map(str, names))}: {reason}" if names else reason

@@ -11,7 +11,9 @@ from typing import Any
 
 from onebit.models import WideResNet
 from onebit.export.packed import FORMAT as PACKED_FORMAT, load_packed
-from onebit.train.checkpoint import CHECKPOINT_NAME, FORMAT as CHECKPOINT_FORMAT, CheckpointError
+from onebit.errors import CheckpointError
+from onebit.rundir import CHECKPOINT
+from onebit.train.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from onebit.train.checkpoint import load_checkpoint, read_safetensors
 
 
@@ -25,7 +27,7 @@ def load_model_file(path: str | Path) -> tuple[WideResNet, dict[str, Any]]:
     """Return ``(model in eval mode on CPU, info)`` for a checkpoint, run directory or packed model."""
     path = Path(path)
     if path.is_dir():
-        path = path / CHECKPOINT_NAME
+        path = path / CHECKPOINT
     fmt = file_format(path)
     if fmt == CHECKPOINT_FORMAT:
         ckpt = load_checkpoint(path)

@@ -29,9 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from onebit.errors import OnebitError
+from onebit.errors import ReferenceImportError
 from onebit.models import ReferenceLayout, WRNConfig, WideResNet
-from onebit.nn import BinaryConv2d, he_scale
 
 KERAS = "tf.keras"
 MATCONVNET = "MatConvNet"
@@ -40,10 +39,6 @@ BN_EPS = 1e-5         # the Keras models' epsilon = BatchNorm2d's default (files
 _KERAS_CONV = re.compile(r"^conv2d(?:_(\d+))?$")
 _KERAS_BN = re.compile(r"^batch_normalization(?:_v\d+)?(?:_(\d+))?$")
 _MATCONVNET_KEYS = ("BinaryWeights", "LayerWeights", "Moments", "BNG", "BNB", "Stride", "Padding")
-
-
-class ReferenceImportError(OnebitError):
-    """A .mat file that is not a complete, known released reference model."""
 
 
 @dataclass
@@ -70,14 +65,18 @@ def read_mat(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ReferenceImportError(f"{path}: no such file")
+    import zlib
+
     import scipy.io
+    from scipy.io.matlab import MatReadError
 
     try:
         mat = scipy.io.loadmat(str(path))
     except NotImplementedError:
         raise ReferenceImportError(f"{path}: MATLAB v7.3 (HDF5) .mat files are not supported; the released "
                                    f"reference models are v5 .mat files") from None
-    except (ValueError, TypeError, OSError, EOFError, IndexError, KeyError) as exc:
+    except (ValueError, TypeError, OSError, EOFError, IndexError, KeyError, MatReadError, zlib.error,
+            OverflowError, MemoryError) as exc:
         raise ReferenceImportError(f"{path}: not a readable MATLAB .mat file ({exc})") from None
     return {k: v for k, v in mat.items() if not k.startswith("__")}
 

@@ -5,35 +5,24 @@ safetensors holds only tensors and string metadata, so loading a file never exec
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from onebit.errors import OnebitError
-
-
-class CheckpointError(OnebitError):
-    """A checkpoint file is missing, corrupt, or not a onebit checkpoint."""
+from onebit.errors import CheckpointError
+from onebit.rundir import atomic_output
 
 
 def atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | Path) -> None:
-    """Write a safetensors file via a temporary file in the same folder and an atomic rename."""
+    """Write a safetensors file atomically (``onebit.rundir.atomic_output``: temp file, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        except SafetensorError as exc:       # e.g. the disk filled up; the previous file is kept
+            raise CheckpointError(f"{path}: could not be written ({exc})") from None
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -9,6 +9,7 @@ from onebit.data.cifar import load_cifar
 from onebit.data.imagenet import load_image_folder
 from onebit.errors import ConfigError
 from onebit.loading import load_model_file
+from onebit.train.config import check_device_name
 from onebit.train.device import select_device
 from onebit.train.evaluation import evaluate, evaluate_image_folder
 
@@ -41,7 +42,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_options(args: argparse.Namespace) -> None:
+    for flag, value, low in (("--batch-size", args.batch_size, 1), ("--calibrate", args.calibrate, 1),
+                             ("--threads", args.threads, 1)):
+        if value < low:
+            raise ConfigError(f"{flag} must be >= {low}, got {value}")
+    check_device_name(args.device)
+
+
 def run(args: argparse.Namespace) -> int:
+    check_options(args)
     model, info = load_model_file(args.model)
     train_cfg = info.get("train_config") or {}
     dataset = args.dataset or train_cfg.get("dataset") or (

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from onebit.errors import ConfigError
 from onebit.export.targets import HOST, TARGETS
+from onebit.rundir import CHECKPOINT
+
+C_EXPORT_MARKER = "onebit_model.json"      # written by onebit.export.c_runtime.export_c
 
 FORMATS = ("packed", "onnx", "c")
 
@@ -22,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file (packed, onnx) or folder (c)")
     p.add_argument("--format", choices=FORMATS, default="packed", help="what to write (default: packed)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing output file, or write into a folder that is not a previous C "
+                        "export (the model being exported is never overwritten)")
     c = p.add_argument_group("C runtime (--format c)")
     c.add_argument("--calibrate", type=int, default=0, metavar="N",
                    help="also build the integer mode, with scales calibrated on N training images "
@@ -46,11 +53,33 @@ def _extra_metadata(info: dict) -> dict:
     return extra
 
 
+def check_output(out: Path, source: Path, fmt: str, force: bool) -> None:
+    """Refuse to overwrite the exported model itself, or (without ``force``) an existing file or a folder
+    holding anything but a previous C export."""
+    if out.exists() and source.exists() and out.resolve() == source.resolve():
+        raise ConfigError(f"-o {out} is the model being exported; choose another output")
+    if fmt == "c":
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"-o {out}: exists and is not a folder (the C export writes a folder)")
+        if out.is_dir() and any(out.iterdir()) and not (out / C_EXPORT_MARKER).is_file() and not force:
+            raise ConfigError(f"-o {out}: folder is not empty and holds no previous C export; choose a new "
+                              f"folder or pass --force to write into it")
+    else:
+        if out.is_dir():
+            raise ConfigError(f"-o {out} is a folder; give a file name (e.g. {out / 'model.onebit'})")
+        if out.exists() and not force:
+            raise ConfigError(f"-o {out} exists; pass --force to replace it")
+
+
 def run(args: argparse.Namespace) -> int:
     from onebit.loading import load_model_file
 
-    model, info = load_model_file(args.model)
     out = Path(args.output)
+    source = Path(args.model)
+    check_output(out, source / CHECKPOINT if source.is_dir() else source, args.format, args.force)
+    if args.calibrate < 0:
+        raise ConfigError(f"--calibrate must be >= 0 (0: float mode only), got {args.calibrate}")
+    model, info = load_model_file(args.model)
     if args.format == "packed":
         from onebit.export.packed import save_packed
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from pathlib import Path
 
 from onebit.errors import ConfigError
+from onebit.rundir import RunDir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,6 +46,10 @@ def visible_gpus(spec: str) -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run(args: argparse.Namespace) -> int:
     from onebit.experiments.runner import execute
     from onebit.experiments.store import ResultsStore
@@ -65,10 +71,11 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         for r in planned:
             state = "stored" if r.config_hash in stored else (
-                "resumable" if (r.run_dir / "checkpoint.safetensors").is_file() else "to run")
+                "resumable" if RunDir(r.run_dir).has_checkpoint() else "to run")
             print(f"{state:<9}  {r.label}")
         print(f"{len(planned)} runs, {sum(r.config_hash in stored for r in planned)} stored; store {store_path}")
         return 0
+    signal.signal(signal.SIGTERM, _stop)      # `kill PID` stops the workers too (their checkpoints remain)
     print(f"sweep {sweep.name}: {len(planned)} runs, {sum(r.config_hash in stored for r in planned)} already "
           f"stored; store {store_path}; run folders {sweep.runs_dir}")
     outcome = execute(planned, store_path, sweep.name, jobs=jobs, gpus=gpus, progress=not args.no_progress)

@@ -6,10 +6,9 @@ import argparse
 import dataclasses
 import json
 import os
-import time
-from pathlib import Path
 
 from onebit.errors import ConfigError
+from onebit.rundir import RunDir, check_path, new_run_path, point_latest
 from onebit.presets import get_preset
 from onebit.train.config import NOT_RESULT_SETTINGS, TrainConfig, field_types
 
@@ -42,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "Under torchrun it trains data-parallel on all ranks (same global batch).",
                        )
     p.add_argument("--preset", default=None, help="named preset (see `onebit presets`)")
-    p.add_argument("--run-dir", default=None, help="output folder (default: runs/<preset>-<time>)")
+    p.add_argument("--run-dir", default=None, help="output folder (default: runs/<preset>-<time>, and "
+                                                    "runs/latest points at it)")
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--stop-after", type=int, default=None, metavar="EPOCH",
@@ -54,19 +54,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
     overrides = config_overrides(args)
+    if args.stop_after is not None and args.stop_after < 1:
+        raise ConfigError(f"--stop-after must be an epoch >= 1, got {args.stop_after}")
     if args.resume:
-        config_file = Path(args.resume) / "config.json"
-        if not config_file.is_file():
-            raise ConfigError(f"{args.resume} is not a run directory (no config.json)")
-        try:
-            base = json.loads(config_file.read_text())
-        except ValueError as exc:
-            raise ConfigError(f"{config_file}: corrupt ({exc})") from None
+        conflicting = [flag for flag, value in (("--preset", args.preset), ("--run-dir", args.run_dir)) if value]
+        if conflicting:
+            raise ConfigError(f"--resume continues {args.resume} with its own configuration and folder; drop "
+                              f"{' and '.join(conflicting)} (or start a new run without --resume)")
+        directory = RunDir(args.resume)
+        if not directory.path.is_dir():
+            raise ConfigError(f"--resume {args.resume}: no such run directory")
+        base = directory.read_config()
         changed = {k for k, v in overrides.items()
                    if k not in NOT_RESULT_SETTINGS | {"epochs"} and base.get(k) != v}
         if changed:
             raise ConfigError(f"--resume cannot change {', '.join(sorted(changed))}; start a new run instead")
-        return TrainConfig.from_dict({**base, **overrides})
+        return TrainConfig.from_dict({**base, **overrides}, source=str(directory.config))
     if args.preset:
         return get_preset(args.preset, **overrides)
     return TrainConfig.from_dict(overrides)
@@ -79,8 +82,11 @@ def run(args: argparse.Namespace) -> int:
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not (args.resume or args.run_dir):
         raise ConfigError("under torchrun pass --run-dir (every rank must name the same folder)")
-    run_dir = Path(args.resume or args.run_dir or
-                   Path("runs") / f"{args.preset or cfg.model_config().name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.resume or args.run_dir:
+        run_dir = check_path(args.resume or args.run_dir)
+    else:
+        run_dir = new_run_path("runs", args.preset or cfg.model_config().name)
+        point_latest(run_dir)                 # `onebit eval runs/latest` finds the newest run
     result = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
                    stop_after=args.stop_after)
     if rank == 0:

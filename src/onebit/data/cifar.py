@@ -109,7 +109,11 @@ def load_cifar(dataset: str, root: str | Path | None = None, train: bool = True,
         path = folder / name
         batch = _read_batch(path)
         try:
-            data = np.asarray(batch["data"], dtype=np.uint8)
+            raw = batch["data"]
+            if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8:
+                raise ValueError(f"pixels must be a uint8 array, got "
+                                 f"{raw.dtype if isinstance(raw, np.ndarray) else type(raw).__name__}")
+            data = raw
             lab = np.asarray(batch[spec["label_key"]], dtype=np.int64)
             if data.ndim != 2 or data.shape[1] != 3072 or len(lab) != len(data):
                 raise ValueError(f"data shape {data.shape} with {len(lab)} labels")

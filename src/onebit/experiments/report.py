@@ -172,13 +172,17 @@ def write_report(store_path: str | Path, out_dir: str | Path, where: list[tuple[
     """Write ``out_dir/report.md`` and ``out_dir/figures/*.png``; returns the report's path."""
     out_dir = Path(out_dir)
     fig_dir = out_dir / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
     with ResultsStore(store_path, create=False) as store:
         runs = store.runs(where)
-        curves = {r["config_hash"]: store.epochs(r["config_hash"]) for r in runs}
+        with store.reading():
+            curves = {r["config_hash"]: store.epochs(r["config_hash"]) for r in runs}
     if not runs:
         from onebit.experiments.store import StoreError
         raise StoreError(f"{store_path}: no runs to report" + (" (after --where)" if where else ""))
+    if out_dir.exists() and not out_dir.is_dir():
+        from onebit.errors import ConfigError
+        raise ConfigError(f"-o {out_dir}: exists and is not a folder")
+    fig_dir.mkdir(parents=True, exist_ok=True)
     variants = group_variants(runs)
     title = title or "Study report: " + ", ".join(sorted({r["sweep"] or "runs" for r in runs}))
     out = [f"# {title}", "",

@@ -1,13 +1,13 @@
 """Executing a sweep's runs: one after another in this process, or N at once as worker processes.
 
 Each run lives in its own folder (named by its config hash). A run is taken only by the process that
-holds the folder's lock (``.lock``, an OS file lock released when the process dies), so two sweeps over one
-grid never train the same run twice. Per run:
+holds the folder's lock (``onebit.rundir.RunDir.lock``, the same lock ``onebit train`` holds: an OS file
+lock released when the process dies), so two sweeps over one grid never train the same run twice. Per run:
 
 * already in the store -> skipped;
-* ``results.json`` present (finished, not yet recorded) -> recorded;
-* ``checkpoint.safetensors`` present -> resumed from its last epoch (``train(..., resume=True)``);
-* otherwise trained from scratch (stale files of a run killed in its first epoch are removed).
+* results present (finished, not yet recorded) -> recorded;
+* a checkpoint present -> resumed from its last epoch (``train(..., resume=True)``);
+* otherwise trained from scratch (``train`` clears what a run killed in its first epoch left).
 
 The process that trains a run records it in the store (worker processes write to the store directly).
 Worker: ``python -m onebit.experiments.runner --store DB RUN_DIR`` (reads RUN_DIR/config.json).
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import platform
 import subprocess
@@ -30,13 +29,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from onebit.errors import OnebitError
+from onebit.rundir import RunDir
 from onebit.experiments.store import ResultsStore, RunRecord
 from onebit.experiments.sweep import PlannedRun
 from onebit.train.config import TrainConfig
 
 BUSY_EXIT = 75                        # worker exit codes: another process holds the run,
 SKIPPED_EXIT = 76                     # the run was already in the store
-CHECKPOINT = "checkpoint.safetensors"
 
 
 class Status(StrEnum):
@@ -108,14 +107,8 @@ def device_description(device: str) -> str:
 # ----- reading a finished run folder -----
 def read_run_dir(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """(config, per-epoch metrics, final results) of a finished run folder."""
-    try:
-        config = json.loads((run_dir / "config.json").read_text())
-        final = json.loads((run_dir / "results.json").read_text())
-        epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-                  if line.strip()]
-    except (OSError, ValueError) as exc:
-        raise OnebitError(f"{run_dir}: unreadable run folder ({exc})") from None
-    return config, epochs, final
+    directory = RunDir(run_dir)
+    return directory.read_config(), directory.read_metrics(), directory.read_results()
 
 
 def training_rate(epochs: list[dict[str, Any]]) -> float | None:
@@ -138,22 +131,14 @@ def make_record(run_dir: Path, sweep: str | None, preset: str | None, device: st
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[bool]:
     """Yields True if this process now holds ``run_dir``'s lock, False if another process holds it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:                       # no POSIX locks: single-writer use only
-        yield True
+    directory = RunDir(run_dir)
+    if not directory.try_acquire():
+        yield False
         return
-    with open(run_dir / ".lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    try:
+        yield True
+    finally:
+        directory.release()
 
 
 def run_and_record(cfg: TrainConfig, run_dir: Path, store_path: Path, sweep: str | None = None,
@@ -167,12 +152,9 @@ def run_and_record(cfg: TrainConfig, run_dir: Path, store_path: Path, sweep: str
         with ResultsStore(store_path) as store:
             if store.has(cfg.hash()):
                 return Status.SKIPPED
-        if not (run_dir / "results.json").is_file():
-            resume = (run_dir / CHECKPOINT).is_file()
-            if not resume:
-                for stale in ("metrics.jsonl", "results.json.tmp"):
-                    (run_dir / stale).unlink(missing_ok=True)
-            train(cfg, run_dir, resume=resume, progress=progress)
+        directory = RunDir(run_dir)
+        if not directory.is_finished():
+            train(cfg, run_dir, resume=directory.has_checkpoint(), progress=progress)
         record = make_record(run_dir, sweep, preset, cfg.device)
         with ResultsStore(store_path) as store:
             store.record(record)
@@ -182,7 +164,7 @@ def run_and_record(cfg: TrainConfig, run_dir: Path, store_path: Path, sweep: str
 # ----- many runs -----
 def pending_first(runs: list[PlannedRun]) -> list[PlannedRun]:
     """Runs with a checkpoint (interrupted) first, then the rest in sweep order."""
-    return sorted(runs, key=lambda r: not (r.run_dir / CHECKPOINT).is_file())
+    return sorted(runs, key=lambda r: not RunDir(r.run_dir).has_checkpoint())
 
 
 def execute(runs: list[PlannedRun], store_path: Path, sweep: str | None = None, jobs: int = 1,
@@ -247,8 +229,7 @@ def _with_workers(todo: list[PlannedRun], store_path: Path, sweep: str | None, j
                     continue
                 run = queue.pop(0)
                 cfg = run.config if run.config.num_threads or gpus else run.config.replace(num_threads=threads)
-                run.run_dir.mkdir(parents=True, exist_ok=True)
-                (run.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+                RunDir(run.run_dir).write_config(cfg.to_dict())
                 env = dict(os.environ)
                 if gpus:
                     env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
@@ -256,7 +237,7 @@ def _with_workers(todo: list[PlannedRun], store_path: Path, sweep: str | None, j
                        str(run.run_dir)]
                 cmd += ["--sweep", sweep] if sweep else []
                 cmd += ["--preset", run.preset] if run.preset else []
-                log = open(run.run_dir / "log.txt", "a")
+                log = open(RunDir(run.run_dir).log, "a")
                 active[slot] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), run, log)
             time.sleep(0.2)
             for slot, (proc, run, log) in list(active.items()):
@@ -266,7 +247,7 @@ def _with_workers(todo: list[PlannedRun], store_path: Path, sweep: str | None, j
                 log.close()
                 del active[slot]
                 result = (RunResult(WORKER_EXITS[code]) if code in WORKER_EXITS else RunResult(
-                    Status.FAILED, f"worker exited with code {code}; see {run.run_dir / 'log.txt'}"))
+                    Status.FAILED, f"worker exited with code {code}; see {RunDir(run.run_dir).log}"))
                 _settle(outcome, run, result)
                 bar.update()
     finally:
@@ -286,7 +267,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     git_commit()
     try:
-        cfg = TrainConfig.from_dict(json.loads((args.run_dir / "config.json").read_text()))
+        cfg = TrainConfig.from_dict(RunDir(args.run_dir).read_config())
         status = run_and_record(cfg, args.run_dir, args.store, args.sweep, args.preset)
     except (OnebitError, OSError, ValueError) as exc:
         print(f"run {args.run_dir}: error: {exc}", file=sys.stderr)

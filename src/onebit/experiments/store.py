@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from onebit.errors import OnebitError
+from onebit.errors import StoreError
 from onebit.train.config import TrainConfig
 
 SCHEMA_VERSION = 1
@@ -53,10 +53,6 @@ CREATE INDEX IF NOT EXISTS runs_by_variant ON runs (dataset, depth, width, norm,
 """
 
 
-class StoreError(OnebitError):
-    """The results store is unreadable, corrupt or from an unknown schema."""
-
-
 @dataclass
 class RunRecord:
     """Everything recorded about one finished run."""
@@ -85,23 +81,34 @@ class ResultsStore:
 
     def __init__(self, path: str | Path, create: bool = True):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise StoreError(f"results store {self.path} is a folder, not a file")
         if not create and not self.path.is_file():
             raise StoreError(f"results store {self.path} not found")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.create = create
+        existing = self.path.is_file() and self.path.stat().st_size > 0
         try:
-            self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            else:       # read-only: a file that is not a store is never written to
+                self.db = sqlite3.connect(self.path.absolute().as_uri() + "?mode=ro", uri=True,
+                                          timeout=BUSY_TIMEOUT_S, isolation_level=None)
             self.db.row_factory = sqlite3.Row
             self.db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            self.db.execute("PRAGMA journal_mode = WAL")
+            if create:
+                self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute("PRAGMA foreign_keys = ON")
-            self._init_schema()
+            self._init_schema(existing)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: not a usable results store ({exc})") from None
 
-    def _init_schema(self) -> None:
+    def _init_schema(self, existing: bool) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version not in (0, SCHEMA_VERSION):
             raise StoreError(f"{self.path}: schema version {version}, this onebit reads {SCHEMA_VERSION}")
+        if version == 0 and (existing or not self.create):
+            raise StoreError(f"{self.path} is not a onebit results store (written by `onebit sweep`)")
         if version == 0:
             with self.transaction():
                 for statement in filter(str.strip, SCHEMA.split(";")):
@@ -163,7 +170,8 @@ class ResultsStore:
         return self.db.execute("SELECT 1 FROM runs WHERE config_hash = ?", (config_hash,)).fetchone() is not None
 
     def hashes(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT config_hash FROM runs")}
+        with self.reading():
+            return {r[0] for r in self.db.execute("SELECT config_hash FROM runs")}
 
     def runs(self, where: list[tuple[str, str, Any]] | None = None) -> list[dict[str, Any]]:
         """Stored runs as dicts (``config``, ``final``, ``versions`` decoded), oldest first.
@@ -171,21 +179,34 @@ class ResultsStore:
         ``where``: (key, op, value) triples ANDed together; key is a column of ``runs`` or any config
         option (matched in the stored config), op one of = != < <= > >=.
         """
+        from onebit.train.config import TrainConfig
+
         clauses, params = [], []
         columns = self.columns()
+        options = set(TrainConfig.__dataclass_fields__)
         for key, op, value in where or []:
             if op not in ("=", "!=", "<", "<=", ">", ">="):
                 raise StoreError(f"unknown comparison {op!r}")
             if key in columns:
                 clauses.append(f"{key} {op} ?")
-            elif key.isidentifier():
+            elif key in options:
                 clauses.append(f"json_extract(config_json, '$.{key}') {op} ?")
             else:
-                raise StoreError(f"cannot filter on {key!r}")
+                raise StoreError(f"--where {key}: unknown key; use a training option (see `onebit train "
+                                 f"--help`) or one of the columns {', '.join(columns)}")
             params.append(value)
         sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(clauses) if clauses else "")
-        rows = self.db.execute(sql + " ORDER BY recorded_at, rowid", params).fetchall()
-        return [self._decode(r) for r in rows]
+        with self.reading():
+            rows = self.db.execute(sql + " ORDER BY recorded_at, rowid", params).fetchall()
+            return [self._decode(r) for r in rows]
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Turn a corrupt database page or row met while reading into one StoreError line."""
+        try:
+            yield
+        except (sqlite3.DatabaseError, ValueError) as exc:
+            raise StoreError(f"{self.path}: corrupt results store ({exc})") from None
 
     def epochs(self, config_hash: str) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT * FROM epochs WHERE config_hash = ? ORDER BY epoch", (config_hash,))

@@ -120,10 +120,12 @@ class Sweep:
         options = {k: v for k, v in settings.items() if k != "preset"}
         if isinstance(options.get("data_dir"), str):
             options["data_dir"] = resolve_path(options["data_dir"], self.path.parent)
+        shown = ", ".join(f"{k}={v!r}" for k, v in point.items()) or "base"
         try:
-            cfg = TrainConfig.from_dict(options)
+            cfg = TrainConfig.from_dict(options, source=f"{self.path}: run [{shown}]")
         except TypeError as exc:
-            raise ConfigError(f"{self.path}: an option has a value of the wrong type ({exc})") from None
+            raise ConfigError(f"{self.path}: run [{shown}]: an option has a value of the wrong type ({exc})") \
+                from None
         digest = cfg.hash()
         return PlannedRun(cfg, digest, self.runs_dir / digest, settings.get("preset"), dict(point))
 
@@ -165,16 +167,28 @@ def load_sweep(path: str | Path) -> Sweep:
     if not path.is_file():
         raise ConfigError(f"sweep file {path} not found")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a usable sweep file (nested too deeply)") from None
     unknown = sorted(set(data) - TABLES)
     if unknown:
         raise ConfigError(f"{path}: unknown table(s) {', '.join(unknown)}; expected {', '.join(sorted(TABLES))}")
+    for name in ("sweep", "base", "grid"):
+        if not isinstance(data.get(name, {}), dict):
+            raise ConfigError(f"{path}: `{name}` must be a table ([{name}]), got {type(data[name]).__name__}")
+    for name in ("rule", "exclude", "include"):
+        tables = data.get(name, [])
+        if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+            raise ConfigError(f"{path}: `{name}` must be an array of tables ([[{name}]])")
     meta = data.get("sweep", {})
     bad = sorted(set(meta) - SWEEP_KEYS)
     if bad:
         raise ConfigError(f"{path}: unknown key(s) in [sweep]: {', '.join(bad)}")
+    for key, value in meta.items():
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: [sweep] {key} must be a string, got {value!r}")
     base = data.get("base", {})
     grid = data.get("grid", {})
     _check_keys("[base]", base, path)

@@ -31,7 +31,6 @@ names the problem.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -42,21 +41,15 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
-from onebit.errors import OnebitError
-from onebit.models import ReferenceLayout, WRNConfig, WideResNet
-from onebit.nn import BinaryConv2d, unwrap
+from onebit.errors import PackedModelError
+from onebit.models import WRNConfig, WideResNet
+from onebit.models.limits import meta_model, parse_model_config
+from onebit.nn import unwrap
 from onebit.safetensors_io import atomic_save
 
 FORMAT = "onebit-packed"
 VERSION = "1"
 SUFFIX = ".onebit"
-# Sanity bound on width, classes and input channels: keeps every shape far inside int64 before any
-# tensor (even a meta one) is built from an untrusted config.
-_MAX_DIM = 1 << 20
-
-
-class PackedModelError(OnebitError):
-    """A packed model file is missing, truncated, corrupt, of another version, or inconsistent."""
 
 
 def pack_bits(weight: torch.Tensor) -> torch.Tensor:
@@ -131,36 +124,12 @@ def save_packed(model: WideResNet, path: str | Path, extra_metadata: dict[str, A
 
 
 def _parse_config(text: str) -> WRNConfig:
-    """WRNConfig from untrusted JSON: exact keys and JSON types, then WRNConfig's own checks."""
+    """WRNConfig from untrusted JSON (``onebit.models.limits``: exact keys, types and bounds)."""
     try:
-        data = json.loads(text)
+        return parse_model_config(json.loads(text))
     except (ValueError, RecursionError) as exc:
-        raise PackedModelError(f"model_config is not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise PackedModelError("model_config is not a JSON object")
-    fields = {f.name: f for f in (*dataclasses.fields(WRNConfig), *dataclasses.fields(ReferenceLayout))
-              if f.name != "reference"}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise PackedModelError(f"model_config has unknown keys {unknown}")
-    for key, value in data.items():
-        default = fields[key].default
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif isinstance(default, str):
-            ok = isinstance(value, str)
-        else:   # float or optional float (temperature)
-            ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
-        if not ok:
-            raise PackedModelError(f"model_config.{key} has the wrong type ({type(value).__name__})")
-        if isinstance(default, int) and not isinstance(default, bool) and not 1 <= value <= _MAX_DIM:
-            raise PackedModelError(f"model_config.{key} = {value} is out of range")
-    try:
-        return WRNConfig.from_dict(data)
-    except (ValueError, TypeError) as exc:
-        raise PackedModelError(f"model_config is invalid ({exc})") from None
+        raise PackedModelError(str(exc) if isinstance(exc, ValueError) and str(exc).startswith("model_config")
+                               else f"model_config is not valid JSON ({exc})") from None
 
 
 def load_packed(path: str | Path) -> tuple[WideResNet, dict[str, Any]]:
@@ -203,15 +172,10 @@ def _load(path: Path) -> tuple[WideResNet, dict[str, Any]]:
             raise PackedModelError("metadata field 'extra' is not a JSON object")
 
         names = list(f.keys())
-        # depth = number of convolutions, each of which has a tensor: bound it before building anything.
-        if config.depth > len(names):
-            raise PackedModelError(f"model_config depth {config.depth} needs more tensors than the "
-                                   f"file's {len(names)}")
         try:
-            with torch.device("meta"):
-                spec = _expected_spec(WideResNet(config))
-        except (ValueError, TypeError, RuntimeError, ArithmeticError) as exc:
-            raise PackedModelError(f"model_config describes no buildable model ({exc})") from None
+            spec = _expected_spec(meta_model(config, len(names)))
+        except ValueError as exc:
+            raise PackedModelError(str(exc)) from None
         missing = sorted(set(spec) - set(names))
         if missing:
             raise PackedModelError(f"tensor {missing[0]!r} is missing ({len(missing)} missing in all) "

@@ -109,8 +109,8 @@ class WRNConfig:
             raise ValueError(f"in_channels must be a positive integer, got {self.in_channels}")
         if self.temperature is None and self.norm == "none":
             self.temperature = default_temperature(self.num_classes, self.weight_bits)
-        if self.temperature is not None and not self.temperature > 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.temperature is not None and not 0 < self.temperature < float("inf"):
+            raise ValueError(f"temperature must be a positive finite number, got {self.temperature}")
 
     @property
     def stage_widths(self) -> tuple[int, ...]:

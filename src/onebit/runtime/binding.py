@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from onebit.errors import ConfigError, OnebitError
+from onebit.errors import ConfigError, OnebitError, RuntimeMismatchError
 from onebit.export import c_contract
 from onebit.export.c_program import model_fingerprint
 from onebit.export.c_runtime import STATIC_FILES, TEMPLATES, export_c, read_export_info
@@ -34,10 +34,6 @@ from onebit.export.c_runtime import STATIC_FILES, TEMPLATES, export_c, read_expo
 MODES = c_contract.MODES
 FLOAT, INT = MODES["float"], MODES["int"]
 BASE_FLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off", "-fPIC", "-shared"]
-
-
-class RuntimeMismatchError(OnebitError):
-    """A model does not match the compiled C runtime it is meant to run on."""
 
 
 def cache_root() -> Path:

@@ -15,13 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from onebit.errors import CheckpointError
 from onebit.models import WRNConfig, WideResNet, build_model
+from onebit.models.limits import meta_model, parse_model_config
 from onebit.nn import unwrap
-from onebit.safetensors_io import CheckpointError, atomic_save, read_safetensors
+from onebit.rundir import CHECKPOINT
+from onebit.safetensors_io import atomic_save, read_safetensors
 
 FORMAT = "onebit-checkpoint"
 VERSION = "1"
-CHECKPOINT_NAME = "checkpoint.safetensors"
 
 
 @dataclass
@@ -65,10 +67,10 @@ def save_checkpoint(path: str | Path, model: nn.Module, model_config: WRNConfig,
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint file (or a run directory holding ``checkpoint.safetensors``)."""
+    """Read a checkpoint file (or a run directory holding ``onebit.rundir.CHECKPOINT``)."""
     path = Path(path)
     if path.is_dir():
-        path = path / CHECKPOINT_NAME
+        path = path / CHECKPOINT
     tensors, metadata = read_safetensors(path)
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a onebit checkpoint (format={metadata.get('format')!r})")
@@ -76,14 +78,55 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: checkpoint version {metadata.get('version')!r} is not supported "
                               f"(this onebit reads version {VERSION})")
     try:
-        model_config = WRNConfig.from_dict(json.loads(metadata["model_config"]))
-        train_config = json.loads(metadata.get("train_config", "{}"))
-        state = json.loads(metadata.get("state", "{}"))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: corrupt checkpoint metadata ({exc})") from None
-    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    optim_state = {k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")}
+        model_config = parse_model_config(_json_field(metadata, "model_config", None))
+        train_config = _json_field(metadata, "train_config", "{}")
+        state = _check_state(_json_field(metadata, "state", "{}"))
+        if not isinstance(train_config, dict):
+            raise ValueError(f"train_config is not a JSON object (got {type(train_config).__name__})")
+        model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        optim_state = {k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")}
+        expected = {k: tuple(v.shape) for k, v in meta_model(model_config, len(tensors)).state_dict().items()}
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: corrupt checkpoint metadata: {exc}") from None
+    if set(expected) != set(model_state):
+        odd = sorted(set(expected) ^ set(model_state))
+        raise CheckpointError(f"{path}: weights do not match its model config {model_config.name} "
+                              f"({len(odd)} tensor names differ, e.g. {odd[0]!r})")
+    for key, shape in expected.items():
+        if tuple(model_state[key].shape) != shape:
+            raise CheckpointError(f"{path}: tensor model.{key} has shape {list(model_state[key].shape)}, "
+                                  f"expected {list(shape)} for {model_config.name}")
     return Checkpoint(model_config, train_config, state, model_state, optim_state)
+
+
+def _json_field(metadata: dict[str, str], key: str, default: str | None) -> Any:
+    text = metadata.get(key, default)
+    if text is None:
+        raise ValueError(f"field {key!r} is missing")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"field {key!r} is not valid JSON ({exc})") from None
+
+
+def _check_state(state: Any) -> dict[str, Any]:
+    """The training state with every field of the right type (missing ones take their start values)."""
+    if not isinstance(state, dict):
+        raise ValueError(f"state is not a JSON object (got {type(state).__name__})")
+    state = {"epoch": 0, "step": 0, "finished": False, "best": {}, "elapsed_s": 0.0, **state}
+    for key in ("epoch", "step"):
+        value = state[key]
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 40:
+            raise ValueError(f"state.{key} = {value!r} is not a count")
+    if not isinstance(state["finished"], bool):
+        raise ValueError(f"state.finished = {state['finished']!r} is not true/false")
+    if not isinstance(state["best"], dict):
+        raise ValueError(f"state.best = {state['best']!r} is not a JSON object")
+    elapsed = state["elapsed_s"]
+    if not isinstance(elapsed, (int, float)) or isinstance(elapsed, bool) or not 0 <= elapsed < float("inf"):
+        raise ValueError(f"state.elapsed_s = {elapsed!r} is not a duration")
+    state["elapsed_s"] = float(elapsed)
+    return state
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, optimizer_state: dict[str, torch.Tensor]) -> None:

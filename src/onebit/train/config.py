@@ -9,12 +9,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import typing
 from dataclasses import dataclass
 from typing import Any
 
 from onebit.errors import ConfigError
 from onebit.models import WRNConfig
+from onebit.models.limits import MAX_DIM
 from onebit.train.schedules import SCHEDULES
 
 DATASET_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
@@ -75,6 +78,7 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
+        self._check_types()
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
@@ -85,8 +89,6 @@ class TrainConfig:
             (self.val_size >= 0 and self.train_limit >= 0, "val_size and train_limit must be >= 0"),
             (self.weight_decay >= 0 and 0 <= self.momentum < 1, "need weight_decay >= 0, 0 <= momentum < 1"),
             (0 <= self.translate <= 16 and 0 <= self.cutout <= 32, "translate must be 0..16, cutout 0..32"),
-            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-             f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}"),
             (self.dataset in DATASET_CLASSES,
              f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASET_CLASSES)}"),
             (self.classes >= 0 and self.workers >= 0, "classes and workers must be >= 0"),
@@ -97,11 +99,39 @@ class TrainConfig:
              "(set --translate 0 --cutout 0, or start from an imagenet-* preset)"),
             (8 <= self.crop_size <= self.resize_size,
              f"need 8 <= crop_size <= resize_size, got {self.crop_size} and {self.resize_size}"),
+            (0 <= self.seed < 1 << 63, f"seed must be in 0..2**63-1, got {self.seed}"),
+            (self.num_threads >= 0, f"num_threads must be >= 0 (0 = all cores), got {self.num_threads}"),
+            (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
+            (self.temperature is None or self.temperature > 0,
+             f"temperature must be > 0, got {self.temperature}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        check_device_name(self.device)
         self.model_config()
+
+    def _check_types(self) -> None:
+        """Every value of the type its field declares; numbers finite, integers within MAX_DIM where they
+        describe a size (catches ``"epochs": "3"`` in a config file, ``--lr inf`` on the command line)."""
+        types = field_types()
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), types[f.name]
+            if value is None and f.default is None:
+                continue
+            if kind is bool:
+                ok, want = isinstance(value, bool), "true or false"
+            elif kind is int:
+                ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+            elif kind is float:
+                ok, want = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                            and math.isfinite(value)), "a finite number"
+            else:
+                ok, want = isinstance(value, str), "a string"
+            if not ok:
+                raise ConfigError(f"{f.name} must be {want}, got {value!r}")
+            if kind is int and f.name != "seed" and not -MAX_DIM <= value <= MAX_DIM * 64:
+                raise ConfigError(f"{f.name} = {value} is out of range")
 
     @property
     def num_classes(self) -> int:
@@ -123,12 +153,20 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown training options: {', '.join(unknown)}")
-        return cls(**data)
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> "TrainConfig":
+        """A validated config from a dict (e.g. decoded JSON); ``source`` names the input in errors."""
+        try:
+            if not isinstance(data, dict):
+                raise ConfigError(f"expected a JSON object of training options, got {type(data).__name__}")
+            known = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(data) - known)
+            if unknown:
+                raise ConfigError(f"unknown training options: {', '.join(unknown)}")
+            return cls(**data)
+        except ConfigError as exc:
+            if source is None:
+                raise
+            raise ConfigError(f"{source}: {exc}") from None
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return self.from_dict({**self.to_dict(), **changes})
@@ -143,6 +181,12 @@ class TrainConfig:
         items = {k: v for k, v in self.to_dict().items()
                  if k not in NOT_RESULT_SETTINGS and not (k in ADDED_FIELDS and v == defaults[k])}
         return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_device_name(name: str) -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (the only devices onebit runs on), else ConfigError."""
+    if re.fullmatch(r"auto|cpu|cuda(:\d{1,4})?", name) is None:
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
 
 
 def field_types() -> dict[str, type]:

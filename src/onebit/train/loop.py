@@ -1,7 +1,8 @@
 """The training loop: reference recipe, per-iteration schedule, atomic checkpoints, exact resume.
 
-Run directory layout: ``config.json`` (resolved TrainConfig), ``metrics.jsonl`` (one JSON line per epoch),
-``checkpoint.safetensors`` (after every epoch, atomically), ``results.json`` (final metrics once finished).
+The run directory (``onebit.rundir``: names, atomic writes, lock) holds the resolved config, one metrics
+row per epoch, a checkpoint after every epoch and the final results. A training process holds the run
+directory's lock throughout; the metrics always end at the checkpoint's epoch (a resume truncates them).
 
 Under ``torchrun`` the same code trains data-parallel (``train/distributed.py``): every rank takes its
 slice of each global batch, metrics are summed over ranks, and only rank 0 writes the run directory.
@@ -9,10 +10,10 @@ slice of each global batch, metrics are summed over ranks, and only rank 0 write
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,8 @@ from onebit.data.splits import validation_split
 from onebit.errors import ConfigError, OnebitError, TrainingDiverged
 from onebit.models import WideResNet, build_model
 from onebit.nn import BinaryConv2d
-from onebit.train.checkpoint import (CHECKPOINT_NAME, load_checkpoint, restore_optimizer,
-                                     save_checkpoint)
+from onebit.rundir import RunDir, warn
+from onebit.train.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
 from onebit.train.config import TrainConfig
 from onebit.train.distributed import DistEnv, all_reduce_sum, device_for, distributed_context
 from onebit.train.evaluation import metric_sums, predict_batches
@@ -137,7 +138,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, progress: bool = True,
                  rank: int = 0, world_size: int = 1):
         self.cfg = cfg
-        self.run_dir = Path(run_dir)
+        self.dir = RunDir(run_dir)
+        self.run_dir = self.dir.path
         self.progress = progress and rank == 0
         self.rank, self.world_size = rank, world_size
         if world_size > 1 and not torch.distributed.is_initialized():
@@ -166,7 +168,7 @@ class Trainer:
     # ----- state -----
     @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / CHECKPOINT_NAME
+        return self.dir.checkpoint
 
     def state(self, finished: bool = False) -> dict[str, Any]:
         return {"epoch": self.epoch, "step": self.epoch * self.steps_per_epoch, "finished": finished,
@@ -182,13 +184,16 @@ class Trainer:
         if ckpt.model_config != self.model_config:
             raise ConfigError(f"{self.checkpoint_path}: checkpoint model {ckpt.model_config.name} does not "
                               f"match the run's config {self.model_config.name}")
+        if ckpt.state["epoch"] > self.cfg.epochs:
+            raise ConfigError(f"{self.checkpoint_path}: checkpoint is at epoch {ckpt.state['epoch']}, past the "
+                              f"run's {self.cfg.epochs} epochs")
         self.net.load_state_dict({k: v.to(self.device) for k, v in ckpt.model_state.items()})
         restore_optimizer(self.optimizer, ckpt.optimizer_state)
-        self.epoch = int(ckpt.state.get("epoch", 0))
-        self.best = ckpt.state.get("best", {})
-        self.elapsed = float(ckpt.state.get("elapsed_s", 0.0))
+        self.epoch = ckpt.state["epoch"]
+        self.best = ckpt.state["best"]
+        self.elapsed = ckpt.state["elapsed_s"]
         if self.rank == 0:
-            _truncate_metrics(self.run_dir / "metrics.jsonl", self.epoch)
+            self.dir.truncate_metrics(self.epoch)      # rows written after the last checkpoint
 
     # ----- training -----
     def train_epoch(self) -> dict[str, float]:
@@ -219,8 +224,9 @@ class Trainer:
         seconds = time.perf_counter() - start
         loss_mean = float(totals[0] / totals[2])
         if not math.isfinite(loss_mean):
-            raise TrainingDiverged(f"training loss became {loss_mean} in epoch {self.epoch + 1}; stopped. The "
-                                   f"last good checkpoint (epoch {self.epoch}) is kept in {self.run_dir}")
+            kept = (f"The last good checkpoint (epoch {self.epoch}) is kept in {self.run_dir}" if self.epoch
+                    else "No checkpoint was written (it diverged in the first epoch); try a lower --lr")
+            raise TrainingDiverged(f"training loss became {loss_mean} in epoch {self.epoch + 1}; stopped. {kept}")
         return {"train_loss": loss_mean, "train_acc": float(totals[1] / totals[2]), "lr": lr,
                 "images_per_s": float(totals[2]) / seconds, "epoch_time_s": seconds}
 
@@ -254,8 +260,7 @@ class Trainer:
         cfg = self.cfg
         row: dict[str, Any] = {}
         if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            self.dir.write_config(cfg.to_dict())
         while self.epoch < min(stop_epoch, cfg.epochs):
             t0 = time.perf_counter()
             row = {"epoch": self.epoch + 1, **self.train_epoch(), **self.evaluate_splits()}
@@ -266,8 +271,7 @@ class Trainer:
             if key in row and row[key] >= self.best.get(key, -1.0):
                 self.best = {key: row[key], "epoch": self.epoch}
             if self.rank == 0:
-                with open(self.run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                self.dir.record_epoch(row)        # metrics first: a kill before the save redoes this epoch
                 self.save()
                 if self.progress:
                     shown = "  ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
@@ -282,19 +286,8 @@ class Trainer:
                  "elapsed_s": self.elapsed, "config_hash": self.cfg.hash()}
         if self.rank == 0:
             self.save(finished=True)
-            tmp = self.run_dir / "results.json.tmp"
-            tmp.write_text(json.dumps(final, indent=2) + "\n")
-            os.replace(tmp, self.run_dir / "results.json")
+            self.dir.write_results(final)
         return final
-
-
-def _truncate_metrics(path: Path, epochs: int) -> None:
-    """Drop metric lines past the checkpoint's epoch (written by a run killed after its last save)."""
-    if not path.exists():
-        return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= epochs]
-    path.write_text("".join(ln + "\n" for ln in kept))
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
@@ -305,18 +298,26 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
     Launched by torchrun, this process trains as one rank of a data-parallel job (every rank reads the
     checkpoint when resuming, so multi-node resumes need the run directory on a shared filesystem).
     """
+    directory = RunDir(run_dir)
     with distributed_context(cfg.device) as env:
-        trainer = Trainer(cfg, run_dir, progress, rank=env.rank, world_size=env.world_size)
-        if resume:
-            trainer.resume()
-            if trainer.progress:
-                print(f"resuming {run_dir} at epoch {trainer.epoch}/{cfg.epochs}")
-        elif trainer.checkpoint_path.exists():
-            raise OnebitError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick "
-                              f"another --run-dir")
-        if stop_after is not None and stop_after < cfg.epochs:
-            result = trainer.fit_until(stop_after)
-        else:
-            result = trainer.fit()
-        env.barrier()
-        return result
+        with (directory.lock() if env.rank == 0 else nullcontext()):
+            if env.rank == 0:
+                directory.remove_stale_temps()
+                if not directory.has_checkpoint() and not directory.is_finished():
+                    if resume and directory.metrics.exists():
+                        warn(f"{run_dir} has no checkpoint yet (killed in its first epoch); starting it again")
+                    directory.clear_partial()          # metrics of an epoch no checkpoint holds
+            if not resume and (directory.has_checkpoint() or directory.is_finished()):
+                raise OnebitError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick "
+                                  f"another --run-dir")
+            trainer = Trainer(cfg, run_dir, progress, rank=env.rank, world_size=env.world_size)
+            if resume and directory.has_checkpoint():
+                trainer.resume()
+                if trainer.progress:
+                    print(f"resuming {run_dir} at epoch {trainer.epoch}/{cfg.epochs}")
+            if stop_after is not None and stop_after < cfg.epochs:
+                result = trainer.fit_until(stop_after)
+            else:
+                result = trainer.fit()
+            env.barrier()
+            return result
