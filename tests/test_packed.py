@@ -163,7 +163,7 @@ def test_packed_model_predicts_like_the_checkpoint_on_the_test_set(tmp_path, cif
     assert main(["export", str(tmp_path / "run"), "-o", str(tmp_path / "m.onebit")]) == 0
     from_ckpt, _ = load_model_file(tmp_path / "run")
     packed, info = load_model_file(tmp_path / "m.onebit")
-    assert info["kind"] == "packed" and info["extra"]["state"] == {"epoch": 3}
+    assert info["kind"] == "packed" and info["extra"]["state"]["epoch"] == 3   # missing fields: start values
     a = predict_logits(from_ckpt, cifar10_test.images)
     b = predict_logits(packed, cifar10_test.images)
     assert len(a) == len(cifar10_test.images)
