@@ -123,3 +123,32 @@ def test_two_processes_writing_at_once_do_not_corrupt_the_store(tmp_path):
     with ResultsStore(db) as store:
         assert sorted(r["seed"] for r in store.runs()) == list(range(200))
         assert all(r["test_acc"] == r["seed"] / 1000 for r in store.runs())
+
+
+CPU_STUDY_STORE = Path(__file__).resolve().parents[1] / "docs" / "results" / "cpu-study" / "runs.db"
+
+
+def test_schema_1_store_reads_unchanged_and_migrates_on_first_write(tmp_path):
+    """docs/results/cpu-study/runs.db predates the host column (schema 1)."""
+    import hashlib
+    import shutil
+
+    old = tmp_path / "old.db"
+    shutil.copy(CPU_STUDY_STORE, old)
+    before = hashlib.sha256(old.read_bytes()).hexdigest()
+    with sqlite3.connect(old) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    with ResultsStore(old, create=False) as store:
+        rows = store.runs()
+        assert len(rows) == 24 and all("host" not in r for r in rows)
+    assert hashlib.sha256(old.read_bytes()).hexdigest() == before          # reading changed nothing
+    rec = make_record(5)
+    rec.host = "node-7"
+    with ResultsStore(old) as store:
+        assert store.record(rec)
+        rows = {r["config_hash"]: r for r in store.runs()}
+    assert len(rows) == 25 and rows[rec.config_hash]["host"] == "node-7"
+    assert sum(r["host"] is None for r in rows.values()) == 24
+    with sqlite3.connect(old) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

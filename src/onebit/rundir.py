@@ -7,6 +7,7 @@ Layout of a run directory (every name is defined here and nowhere else):
 * ``checkpoint.safetensors`` -- weights, momentum and state after the last finished epoch;
 * ``results.json`` -- the final metrics, once the run is finished;
 * ``.lock`` -- the lock file (holds the writer's PID); ``log.txt`` -- a sweep worker's output.
+* ``worker.json`` -- which host, process and Ray node hold the run, under ``onebit sweep --ray``.
 
 Guarantees:
 
@@ -49,6 +50,7 @@ CHECKPOINT = "checkpoint.safetensors"
 RESULTS = "results.json"
 LOCK = ".lock"
 LOG = "log.txt"
+WORKER = "worker.json"      # written by onebit.experiments.ray_sweep
 LATEST = "latest"            # runs/latest: symlink to the newest run `onebit train` started in runs/
 TMP_SUFFIX = ".tmp"
 

@@ -27,6 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="runs at once, as worker processes (default: 1, or one per GPU with --gpus)")
     p.add_argument("--gpus", nargs="?", const="all", default=None, metavar="IDS",
                    help="give each worker one GPU (CUDA_VISIBLE_DEVICES): 'all' visible ones or e.g. 0,1")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run each grid point as a Ray task (pip install 'onebit[ray]') on the cluster at ADDRESS "
+                        "(host:port of `ray start --head`), or on a new local cluster without ADDRESS; the "
+                        "runs folder must be a path every node sees, the store stays with this process")
+    p.add_argument("--ray-threads", type=int, default=1, metavar="N",
+                   help="with --ray and no GPU: CPUs and PyTorch threads per task, unless the sweep sets "
+                        "num_threads (default 1)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and whether each is stored, then stop")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -62,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     planned = sweep.expand()
     if args.jobs is not None and args.jobs < 1:
         raise ConfigError("--jobs must be >= 1")
+    if args.ray is not None and (args.jobs is not None or args.gpus):
+        raise ConfigError("--ray places runs on the cluster's CPUs and GPUs itself; drop --jobs / --gpus")
     gpus = visible_gpus(args.gpus) if args.gpus else None
     jobs = args.jobs or (len(gpus) if gpus else 1)
     stored: set[str] = set()
@@ -78,7 +87,12 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)      # `kill PID` stops the workers too (their checkpoints remain)
     print(f"sweep {sweep.name}: {len(planned)} runs, {sum(r.config_hash in stored for r in planned)} already "
           f"stored; store {store_path}; run folders {sweep.runs_dir}")
-    outcome = execute(planned, store_path, sweep.name, jobs=jobs, gpus=gpus, progress=not args.no_progress)
+    if args.ray is not None:
+        from onebit.experiments.ray_sweep import execute_on_ray
+        outcome = execute_on_ray(planned, store_path, sweep.name, address=args.ray or None,
+                                 threads=args.ray_threads, progress=not args.no_progress)
+    else:
+        outcome = execute(planned, store_path, sweep.name, jobs=jobs, gpus=gpus, progress=not args.no_progress)
     print(f"done {len(outcome.done)}, already stored {len(outcome.skipped)}, busy elsewhere "
           f"{len(outcome.busy)}, failed {len(outcome.failed)}")
     return 1 if outcome.failed else 0

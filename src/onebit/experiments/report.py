@@ -154,6 +154,15 @@ def short_commit(commit: str | None) -> str:
     return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
+def machines(runs: list[dict[str, Any]]) -> str:
+    """``host: hash, hash; host: ...`` -- the machine that trained each run (stores before schema 2 did
+    not record it: "unrecorded")."""
+    by_host: dict[str, list[str]] = {}
+    for r in runs:
+        by_host.setdefault(r.get("host") or "unrecorded", []).append(r["config_hash"])
+    return "; ".join(f"{host}: {', '.join(hashes)}" for host, hashes in sorted(by_host.items()))
+
+
 def provenance(runs: list[dict[str, Any]]) -> list[str]:
     def distinct(key: str) -> str:
         return ", ".join(sorted({str(r.get(key)) for r in runs})) or "–"
@@ -162,6 +171,7 @@ def provenance(runs: list[dict[str, Any]]) -> list[str]:
     return [f"* runs: {len(runs)} (sweeps: {distinct('sweep')}), total training wall time "
             f"{wall / 3600:.2f} h",
             f"* devices: {distinct('device')}",
+            f"* machines (the runs each trained, by config hash): {machines(runs)}",
             f"* library versions: {'; '.join(_versions(x) for x in versions)}",
             f"* git commits: {', '.join(sorted({short_commit(r.get('git_commit')) for r in runs}))}",
             f"* recorded: {min(r['recorded_at'] for r in runs)} to {max(r['recorded_at'] for r in runs)}"]

@@ -123,7 +123,8 @@ def make_record(run_dir: Path, sweep: str | None, preset: str | None, device: st
     cfg = TrainConfig.from_dict(config)
     return RunRecord(config_hash=cfg.hash(), config=config, final=final, epochs=epochs,
                      wall_time_s=final.get("elapsed_s"), train_images_per_s=training_rate(epochs),
-                     device=device_description(device), versions=library_versions(), git_commit=git_commit(),
+                     device=device_description(device), host=platform.node() or None,
+                     versions=library_versions(), git_commit=git_commit(),
                      sweep=sweep, preset=preset, run_dir=str(run_dir))
 
 
@@ -141,20 +142,26 @@ def run_lock(run_dir: Path) -> Iterator[bool]:
         directory.release()
 
 
+def train_or_resume(cfg: TrainConfig, run_dir: Path, progress: bool = False) -> None:
+    """Finish the run in ``run_dir`` (whose lock the caller holds): nothing if it has its results, else
+    resume from its checkpoint, else train from scratch."""
+    from onebit.train.loop import train
+
+    directory = RunDir(run_dir)
+    if not directory.is_finished():
+        train(cfg, run_dir, resume=directory.has_checkpoint(), progress=progress)
+
+
 def run_and_record(cfg: TrainConfig, run_dir: Path, store_path: Path, sweep: str | None = None,
                    preset: str | None = None, progress: bool = False) -> Status:
     """Train (or resume, or just record) one run and record it; returns DONE, SKIPPED or BUSY."""
-    from onebit.train.loop import train
-
     with run_lock(run_dir) as mine:
         if not mine:
             return Status.BUSY
         with ResultsStore(store_path) as store:
             if store.has(cfg.hash()):
                 return Status.SKIPPED
-        directory = RunDir(run_dir)
-        if not directory.is_finished():
-            train(cfg, run_dir, resume=directory.has_checkpoint(), progress=progress)
+        train_or_resume(cfg, run_dir, progress)
         record = make_record(run_dir, sweep, preset, cfg.device)
         with ResultsStore(store_path) as store:
             store.record(record)

@@ -1,10 +1,15 @@
 """The results store: one SQLite file holding every finished run and its per-epoch curve.
 
 Tables: ``runs`` (one row per finished run, keyed by the config hash: resolved config, seed, final and best
-metrics, wall time, training images/s, device, library versions, git commit) and ``epochs`` (one row per
-run and epoch: the metrics.jsonl line). The file is opened in WAL mode with a busy timeout, and a run is
-written in one ``BEGIN IMMEDIATE`` transaction with insert-or-ignore, so several processes (sweeps, or a
-sweep's parallel jobs) can record into one store at once and a run is recorded at most once.
+metrics, wall time, training images/s, device, host (the machine that trained it), library versions, git
+commit) and ``epochs`` (one row per run and epoch: the metrics.jsonl line). The file is opened in WAL mode
+with a busy timeout, and a run is written in one ``BEGIN IMMEDIATE`` transaction with insert-or-ignore, so
+several processes (sweeps, or a sweep's parallel jobs) can record into one store at once and a run is
+recorded at most once.
+
+Schema versions: 1 had no ``host`` column. A version-1 store opens and reads as is (its runs have no host);
+the first write migrates it to version 2 (``ALTER TABLE runs ADD COLUMN host``), so reading an old store
+never modifies it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any, Iterator
 from onebit.errors import StoreError
 from onebit.train.config import TrainConfig
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 60.0
 EPOCH_COLUMNS = ("train_loss", "train_acc", "lr", "images_per_s", "epoch_time_s", "val_acc", "val_top5",
                  "val_loss", "test_acc", "test_top5", "test_loss", "elapsed_s")
@@ -40,7 +45,7 @@ CREATE TABLE IF NOT EXISTS runs (
     best_metric TEXT, best_value REAL, best_epoch INTEGER,
     final_json TEXT NOT NULL,
     wall_time_s REAL, train_images_per_s REAL,
-    device TEXT, versions_json TEXT, git_commit TEXT,
+    device TEXT, host TEXT, versions_json TEXT, git_commit TEXT,
     run_dir TEXT, recorded_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS epochs (
@@ -64,6 +69,7 @@ class RunRecord:
     wall_time_s: float | None = None
     train_images_per_s: float | None = None
     device: str | None = None
+    host: str | None = None               # the machine that trained the run
     versions: dict[str, str] = field(default_factory=dict)
     git_commit: str | None = None
     sweep: str | None = None
@@ -105,8 +111,8 @@ class ResultsStore:
 
     def _init_schema(self, existing: bool) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
-            raise StoreError(f"{self.path}: schema version {version}, this onebit reads {SCHEMA_VERSION}")
+        if version not in (0, 1, SCHEMA_VERSION):
+            raise StoreError(f"{self.path}: schema version {version}, this onebit reads 1 to {SCHEMA_VERSION}")
         if version == 0 and (existing or not self.create):
             raise StoreError(f"{self.path} is not a onebit results store (written by `onebit sweep`)")
         if version == 0:
@@ -135,6 +141,15 @@ class ResultsStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _migrate(self) -> None:
+        """Bring a version-1 store (no ``host`` column) to the current schema; called before writing."""
+        if self.db.execute("PRAGMA user_version").fetchone()[0] != 1:
+            return
+        with self.transaction() as db:              # re-read under the write lock: another writer may have
+            if db.execute("PRAGMA user_version").fetchone()[0] == 1:     # migrated it meanwhile
+                db.execute("ALTER TABLE runs ADD COLUMN host TEXT")
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
     # ----- writing -----
     def record(self, rec: RunRecord) -> bool:
         """Insert ``rec`` unless its config hash is already stored; True if it was inserted."""
@@ -150,10 +165,11 @@ class ResultsStore:
             "best_metric": best_metric, "best_value": best.get(best_metric) if best_metric else None,
             "best_epoch": best.get("epoch"), "final_json": json.dumps(final, sort_keys=True),
             "wall_time_s": rec.wall_time_s, "train_images_per_s": rec.train_images_per_s,
-            "device": rec.device, "versions_json": json.dumps(rec.versions, sort_keys=True),
+            "device": rec.device, "host": rec.host, "versions_json": json.dumps(rec.versions, sort_keys=True),
             "git_commit": rec.git_commit, "run_dir": rec.run_dir,
             "recorded_at": rec.recorded_at or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        self._migrate()
         with self.transaction() as db:
             cur = db.execute(f"INSERT OR IGNORE INTO runs ({', '.join(row)}) "
                              f"VALUES ({', '.join('?' * len(row))})", list(row.values()))
