@@ -207,7 +207,7 @@ def _settle(ray: Any, ref: Any, run: PlannedRun, store_path: Path, outcome: Outc
         result: PointResult = ray.get(ref)
     except ray.exceptions.RayTaskError as exc:          # the run itself raised (bad data, bad config ...)
         cause = exc.cause if isinstance(exc.cause, BaseException) else exc
-        outcome.failed[run.config_hash] = f"{type(cause).__name__}: {cause}".splitlines()[0]
+        outcome.failed[run.config_hash] = f"{type(cause).__name__}: {cause}".splitlines()[0][:300]
     except ray.exceptions.RayError as exc:              # worker / node lost more than max_retries times
         outcome.failed[run.config_hash] = f"{type(exc).__name__} (retries used up; rerun to resume)"
     else:
