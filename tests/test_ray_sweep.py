@@ -33,7 +33,7 @@ TIME_FIELDS = {"images_per_s", "epoch_time_s", "elapsed_s"}
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster():
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'onebit[ray]')")
     from ray.cluster_utils import Cluster
 
@@ -41,11 +41,10 @@ def cluster(tmp_path_factory):
     # the nodes' worker processes inherit this environment: they must import this checkout's onebit
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), saved["PYTHONPATH"]]))
     os.environ["OMP_NUM_THREADS"] = "1"
-    temp = tmp_path_factory.mktemp("ray")
     health = {"health_check_period_ms": 500, "health_check_failure_threshold": 3,
               "health_check_initial_delay_ms": 0}
     c = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False,
-                                                      "temp_dir": str(temp), "_system_config": health})
+                                                      "_system_config": health})
     try:
         c.worker = c.add_node(**NODE)
         yield c
