@@ -113,13 +113,17 @@ class ResultsStore:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version not in (0, 1, SCHEMA_VERSION):
             raise StoreError(f"{self.path}: schema version {version}, this onebit reads 1 to {SCHEMA_VERSION}")
-        if version == 0 and (existing or not self.create):
+        if version == 0 and not self.create:
             raise StoreError(f"{self.path} is not a onebit results store (written by `onebit sweep`)")
         if version == 0:
-            with self.transaction():
+            with self.transaction() as db:     # under the write lock: another process may be creating it now
+                if db.execute("PRAGMA user_version").fetchone()[0] != 0:
+                    return                      # it just did
+                if existing and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                    raise StoreError(f"{self.path} is not a onebit results store (written by `onebit sweep`)")
                 for statement in filter(str.strip, SCHEMA.split(";")):
-                    self.db.execute(statement)
-                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
