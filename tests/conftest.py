@@ -11,6 +11,27 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Under pytest-xdist (`-n 2`) every worker is its own process: one torch thread each, so that two workers
+# on two cores do not oversubscribe them (and subprocesses the tests start inherit OMP_NUM_THREADS=1).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """The C runtime's compile cache in a folder of this test session (and of this xdist worker), not
+    ~/.cache: tests neither read a stale library nor race other sessions over one."""
+    old = os.environ.get("ONEBIT_CACHE_DIR")
+    os.environ["ONEBIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("onebit-cache"))
+    yield
+    if old is None:
+        os.environ.pop("ONEBIT_CACHE_DIR", None)
+    else:
+        os.environ["ONEBIT_CACHE_DIR"] = old
+
 
 def shared_root() -> Path:
     """``$ONEBIT_SHARED`` if set, else the ``shared`` folder beside the repository."""

@@ -75,12 +75,17 @@ def test_cli_export_and_eval_engine_c(test_images, cifar10_dir, tmp_path, capsys
     assert main(["eval", str(tmp_path / "m.onebit"), "--json", *data]) == 0
     torch_result = json.loads(capsys.readouterr().out)
     assert main(["eval", str(tmp_path / "m.onebit"), "--engine", "c", "--json", *data]) == 0
-    c_result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    c_result = json.loads(captured.out)
+    assert "compiling the C runtime (first use, cached in" in captured.err
+    assert torch_result["engine"] == "PyTorch, cpu"
+    assert c_result["engine"] == "onebit C runtime, float32 mode, 1 thread"
     assert c_result["count"] == torch_result["count"] == len(test_images)
     assert c_result["top1"] == pytest.approx(torch_result["top1"], abs=1.5 / len(test_images))
     assert main(["eval", str(tmp_path / "m.onebit"), "--engine", "c", "--c-mode", "int", "--c-sources",
                  str(tmp_path / "c"), "--json", *data]) == 0
     int_result = json.loads(capsys.readouterr().out)
+    assert int_result["engine"] == "onebit C runtime, int16 fixed-point mode, 1 thread"
     assert abs(int_result["top1"] - torch_result["top1"]) <= 0.02
     # a folder exported from one model refuses another
     assert main(["eval", str(tmp_path / "other.onebit"), "--engine", "c", "--c-sources", str(tmp_path / "c"),

@@ -63,10 +63,30 @@ def build(out: Path, name: str, flags: list[str]) -> Path:
     return exe
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def demo_rows(stdout: str) -> list[tuple[int, int, str | None, list[float]]]:
+    """The demo's per-image lines: (index, predicted class, class name or None, logits)."""
+    rows = []
+    for line in stdout.strip().splitlines():
+        r = line.split()
+        if r[0] == "accuracy":
+            continue
+        named = len(r) > 2 and not _is_number(r[2])
+        rows.append((int(r[0]), int(r[1]), r[2] if named else None, [float(v) for v in r[3 if named else 2:]]))
+    return rows
+
+
 def run_demo(exe: Path, images: Path, *args: str) -> np.ndarray:
     out = subprocess.run([str(exe), *args, str(images)], check=True, capture_output=True, text=True).stdout
-    rows = [line.split() for line in out.strip().splitlines()]
-    return np.array([[float(v) for v in r[2:]] for r in rows]), np.array([int(r[1]) for r in rows])
+    rows = demo_rows(out)
+    return np.array([r[3] for r in rows]), np.array([r[1] for r in rows])
 
 
 def export_and_write(model, tmp: Path, images: torch.Tensor, calib: torch.Tensor, size: int = 32) -> Path:

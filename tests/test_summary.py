@@ -47,7 +47,7 @@ def test_totals_match_independent_arithmetic(depth, width, norm, bits):
     s = summarize(WRNConfig(depth=depth, width=width, norm=norm, weight_bits=bits))
     want = expected_counts(depth, width)
     if (depth, width) == (20, 10):
-        assert want["weights"] == 26_737_120                # DESIGN.md
+        assert want["weights"] == 26_737_120                # docs/paper.md
     assert s.conv_weights == want["weights"]
     assert s.macs == want["macs"]
     bn_params = want["bn_params"] if norm == "bn" else 0

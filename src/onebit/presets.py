@@ -1,8 +1,8 @@
 """Named training presets: one per configuration of the paper's CIFAR table, plus small CPU ones.
 
-Paper presets use WRN-20-10 with the reference recipe (DESIGN.md): shifted-ReLU nets train 300 epochs with
-one cosine cycle, BN nets 254 epochs of warm restarts (2, 4, ..., 128); head temperature T = 40 / 80 / 25
-(CIFAR-10 1-bit / CIFAR-10 32-bit / CIFAR-100).
+Paper presets use WRN-20-10 with the reference recipe (docs/paper.md): shifted-ReLU nets train 300 epochs
+with one cosine cycle, BN nets 254 epochs of warm restarts (2, 4, ..., 128); head temperature T = 40 / 80 /
+25 (CIFAR-10 1-bit / CIFAR-10 32-bit / CIFAR-100).
 """
 
 from __future__ import annotations

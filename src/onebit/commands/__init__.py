@@ -15,4 +15,5 @@ COMMAND_MODULES = [
     "onebit.commands.runs",
     "onebit.commands.report",
     "onebit.commands.bench",
+    "onebit.commands.data",
 ]

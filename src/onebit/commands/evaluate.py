@@ -5,13 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from onebit.data.cifar import load_cifar
-from onebit.data.imagenet import load_image_folder
 from onebit.errors import ConfigError
-from onebit.loading import load_model_file
 from onebit.train.config import check_device_name
-from onebit.train.device import select_device
-from onebit.train.evaluation import evaluate, evaluate_image_folder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,6 +47,12 @@ def check_options(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_options(args)
+    from onebit.data.cifar import load_cifar
+    from onebit.data.imagenet import load_image_folder
+    from onebit.loading import load_model_file
+    from onebit.train.device import select_device
+    from onebit.train.evaluation import evaluate, evaluate_image_folder
+
     model, info = load_model_file(args.model)
     train_cfg = info.get("train_config") or {}
     dataset = args.dataset or train_cfg.get("dataset") or (
@@ -69,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
     if imagenet:
         device = select_device(args.device)
         sizes = {k: train_cfg[k] for k in ("crop_size", "resize_size") if k in train_cfg}
-        result = evaluate_image_folder(model.to(device), data, args.batch_size, device, args.crops, **sizes)
+        result = evaluate_image_folder(model.to(device), data, args.batch_size, device, args.crops,
+                                       progress=None, **sizes)
+        engine = f"PyTorch, {device}"
     elif args.engine == "c":
         import torch
 
@@ -77,18 +80,21 @@ def run(args: argparse.Namespace) -> int:
         from onebit.train.evaluation import accuracy_from_logits
 
         logits = c_engine_logits(
-            model, data.images, mode=args.c_mode, threads=args.threads, sources=args.c_sources,
+            model, data.images, mode=args.c_mode, threads=args.threads, sources=args.c_sources, progress=None,
             calibration=lambda: load_cifar(dataset, args.data_dir or train_cfg.get("data_dir"),
                                            train=True).images[:args.calibrate])
         result = accuracy_from_logits(torch.from_numpy(logits), data.labels, model.config.num_classes)
+        engine = (f"onebit C runtime, {'int16 fixed-point' if args.c_mode == 'int' else 'float32'} mode, "
+                  f"{args.threads} thread{'s' if args.threads != 1 else ''}")
     else:
         device = select_device(args.device)
-        result = evaluate(model.to(device), data.images, data.labels, args.batch_size, device)
+        result = evaluate(model.to(device), data.images, data.labels, args.batch_size, device, progress=None)
+        engine = f"PyTorch, {device}"
     if args.json:
         print(json.dumps({"model": str(args.model), "dataset": dataset, "split": args.split, "crops": args.crops,
-                          **result.as_dict(), "classes": data.classes}, indent=2))
+                          "engine": engine, **result.as_dict(), "classes": data.classes}, indent=2))
         return 0
-    print(f"{args.model}: {model.config.name} on {dataset} {args.split} ({result.count} images)")
+    print(f"{args.model}: {model.config.name} on {dataset} {args.split} ({result.count} images; {engine})")
     print(f"top-1 accuracy {100 * result.top1:6.2f}%   top-5 accuracy {100 * result.top5:6.2f}%   "
           f"loss {result.loss:.4f}")
     print("per-class accuracy:")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from onebit.errors import ConfigError
@@ -36,9 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--target", default=HOST, choices=tuple(TARGETS),
                    help="CPU that `make` builds for (cross compiler and flags in onebit_target.mk; "
                         "see docs/embedded.md)")
-    c.add_argument("--dataset", default=None, help="calibration dataset, cifar10 or cifar100 "
-                                                   "(default: from the model)")
-    c.add_argument("--data-dir", default=None, help="dataset folder (default: $ONEBIT_DATA or cache)")
+    c.add_argument("--dataset", default=None, help="the model's dataset, cifar10 or cifar100, for calibration and "
+                                                   "the class names recorded in the export (default: from the "
+                                                   "model)")
+    c.add_argument("--data-dir", default=None, help="dataset folder (default: $ONEBIT_DATA or cache; class names "
+                                                    "are left out when it is absent)")
     p.set_defaults(func=run)
 
 
@@ -71,6 +74,24 @@ def check_output(out: Path, source: Path, fmt: str, force: bool) -> None:
             raise ConfigError(f"-o {out} exists; pass --force to replace it")
 
 
+def class_names(model, info: dict, args: argparse.Namespace) -> list[str] | None:
+    """The model's class names: recorded in a packed file's metadata, else from its dataset's meta file
+    when that is on disk; None when unknown."""
+    extra = info.get("extra") or {}
+    names = extra.get("class_names")
+    if isinstance(names, list) and len(names) == model.config.num_classes and all(isinstance(n, str) for n in names):
+        return names
+    train_cfg = info.get("train_config") or extra.get("train_config") or {}
+    dataset = args.dataset or train_cfg.get("dataset") or (
+        "cifar100" if model.config.num_classes == 100 else "cifar10")
+    if dataset not in ("cifar10", "cifar100"):
+        return None
+    from onebit.data.cifar import known_class_names
+
+    names = known_class_names(dataset, args.data_dir or train_cfg.get("data_dir"))
+    return names if names and len(names) == model.config.num_classes else None
+
+
 def run(args: argparse.Namespace) -> int:
     from onebit.loading import load_model_file
 
@@ -83,7 +104,11 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "packed":
         from onebit.export.packed import save_packed
 
-        save_packed(model, out, extra_metadata=_extra_metadata(info))
+        extra = _extra_metadata(info)
+        names = class_names(model, info, args)
+        if names:
+            extra["class_names"] = names
+        save_packed(model, out, extra_metadata=extra)
         print(f"wrote {out} ({out.stat().st_size:,} bytes, {model.config.name}, packed 1-bit format)")
     elif args.format == "onnx":
         from onebit.export.onnx_export import OPSET, export_onnx
@@ -102,7 +127,10 @@ def run(args: argparse.Namespace) -> int:
                 "cifar100" if model.config.num_classes == 100 else "cifar10")
             calibration = load_cifar(dataset, args.data_dir or train_cfg.get("data_dir"),
                                      train=True).images[:args.calibrate]
+            print(f"calibrating the integer mode on {len(calibration)} {dataset} training images ...",
+                  file=sys.stderr, flush=True)
         export_c(model, out, calibration_images=calibration, target=args.target,
+                 class_names=class_names(model, info, args),
                  **({"calibration_count": args.calibrate} if calibration is not None else {}))
         mode = "float and integer modes" if calibration is not None else "float mode"
         print(f"wrote the C runtime for {model.config.name} ({mode}, target {args.target}) to {out}")

@@ -32,6 +32,9 @@ def run(args: argparse.Namespace) -> int:
     from onebit.export.packed import load_packed, save_packed
     from onebit.reference import import_reference
 
+    if Path(args.file).is_file():
+        print(f"reading {args.file} ({Path(args.file).stat().st_size / 2**20:.0f} MiB) and converting it ...",
+              flush=True)                          # stdout: stderr carries only the error line, if any
     imported = import_reference(args.file)
     cfg = imported.model.config
     print(f"{Path(args.file).name}: {imported.source_format} model, WRN-{cfg.depth}-{cfg.width}, "

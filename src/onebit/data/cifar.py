@@ -134,6 +134,16 @@ def load_cifar(dataset: str, root: str | Path | None = None, train: bool = True,
     )
 
 
+def known_class_names(dataset: str, root: str | Path | None = None) -> list[str] | None:
+    """The class names in ``dataset``'s meta file where it is on disk (never downloads), else None."""
+    spec = _spec(dataset)
+    try:
+        names = _class_names(find_dataset_dir(dataset, root, download=False) / spec["meta"], spec)
+    except DataError:
+        return None
+    return None if names == [str(i) for i in range(spec["num_classes"])] else names
+
+
 def _class_names(meta_path: Path, spec: dict) -> list[str]:
     if meta_path.is_file():
         meta = _read_batch(meta_path)

@@ -40,10 +40,14 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 from onebit.errors import ConfigError
 from onebit.presets import PRESETS

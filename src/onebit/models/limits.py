@@ -14,9 +14,7 @@ import dataclasses
 import math
 from typing import Any
 
-import torch
-
-from onebit.models.wrn import ReferenceLayout, WRNConfig, WideResNet
+from onebit.models.config import ReferenceLayout, WRNConfig
 
 # Bound on every integer of an architecture (depth, width, classes, input channels): keeps every shape far
 # inside int64 even before the shapes are compared with the file's tensors.
@@ -55,9 +53,13 @@ def parse_model_config(data: Any) -> WRNConfig:
         raise ValueError(f"model_config is invalid ({exc})") from None
 
 
-def meta_model(config: WRNConfig, tensor_count: int) -> WideResNet:
+def meta_model(config: WRNConfig, tensor_count: int) -> "WideResNet":  # noqa: F821
     """``config``'s network on the meta device (no memory), after bounding its depth by the number of
     tensors the file holds. Raises ValueError if the file is too small for it or it cannot be built."""
+    import torch                                  # here: TrainConfig (and the CLI) load without torch
+
+    from onebit.models.wrn import WideResNet
+
     if config.depth > tensor_count:
         raise ValueError(f"model_config depth {config.depth} needs more tensors than the file's {tensor_count}")
     try:

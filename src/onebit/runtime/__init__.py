@@ -8,7 +8,7 @@ __all__ = ["CRuntime", "RuntimeMismatchError", "build_runtime", "cache_root", "c
 
 
 def c_engine_logits(model, images, *, mode: str = "float", threads: int = 1, sources=None,
-                    calibration=None, batch_size: int = 256):
+                    calibration=None, batch_size: int = 256, progress: bool | None = False):
     """Logits of ``model`` on ``images`` computed by the C runtime (what ``onebit eval --engine c`` runs).
 
     ``sources``: an existing ``onebit export --format c`` folder to compile instead of exporting
@@ -21,4 +21,4 @@ def c_engine_logits(model, images, *, mode: str = "float", threads: int = 1, sou
         calib = calibration() if (mode == "int" and calibration is not None) else None
         runtime = build_runtime(model, calibration_images=calib, threads=threads)
     runtime.check(model)
-    return runtime.run(images, mode=mode, threads=threads, batch_size=batch_size)
+    return runtime.run(images, mode=mode, threads=threads, batch_size=batch_size, progress=progress)

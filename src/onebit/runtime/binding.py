@@ -20,6 +20,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -103,6 +104,7 @@ def compile_export(src: str | Path, *, simd: str = "native", threads: int | None
     lib_dir = out / f"{info['name']}-{key}"
     lib = lib_dir / "libonebit.so"
     if not lib.is_file():
+        print(f"compiling the C runtime (first use, cached in {lib_dir}) ...", file=sys.stderr, flush=True)
         lib_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix="libonebit.", suffix=".so.tmp", dir=lib_dir)
         os.close(fd)
@@ -134,6 +136,9 @@ def build_runtime(model, *, calibration_images=None, calibration_count: int = 25
     out = Path(cache_dir) / "c_runtime" if cache_dir else cache_root()
     src = out / f"src-{key}"
     if not (src / "onebit_model.json").is_file():
+        calibrating = f", calibrating the integer mode on {len(calib)} images" if calib is not None else ""
+        print(f"exporting {model.config.name} as C sources{calibrating} (first use, cached in {src}) ...",
+              file=sys.stderr, flush=True)
         out.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix="src.", dir=out))
         try:
@@ -207,11 +212,14 @@ class CRuntime:
         return buf, buf.ctypes.data + offset, per * workers
 
     def run(self, images, mode: str = "float", threads: int = 1, batch_size: int = 256,
-            return_int: bool = False):
+            return_int: bool = False, progress: bool | None = False):
         """Logits (float32, N x classes) of ``images`` (uint8 N x C x H x W, raw pixels).
 
         ``mode``: 'float' or 'int'. With ``return_int`` (int mode) also the integer logits (int32).
+        ``progress``: a bar over the batches on stderr (None: only when stderr is a terminal).
         """
+        from tqdm.auto import tqdm
+
         if mode not in MODES:
             raise ConfigError(f"mode must be 'float' or 'int', got {mode!r}")
         if mode == "int" and not self.has_int:
@@ -230,7 +238,10 @@ class CRuntime:
         qlogits = np.zeros((n, self.num_classes), dtype=np.int32)
         workers = min(threads, max(1, batch_size)) if n > 1 else 1
         buf, arena, arena_bytes = self._arena(MODES[mode], workers)
-        for start in range(0, n, batch_size):
+        starts = range(0, n, batch_size)
+        off = True if progress is False or len(starts) < 2 else (None if progress is None else False)  # None: tty
+        for start in tqdm(starts, desc=f"C runtime ({mode})", unit="batch", leave=False, dynamic_ncols=True,
+                          disable=off):
             stop = min(n, start + batch_size)
             rc = self._lib.onebit_run(MODES[mode], images[start:stop].ctypes.data, stop - start,
                                       logits[start:stop].ctypes.data, qlogits[start:stop].ctypes.data,

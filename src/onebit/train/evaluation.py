@@ -54,13 +54,25 @@ def predict_batches(model: nn.Module, batches, device: torch.device, amp: bool =
         model.train(was_training)
 
 
+def _progress(items, total: int, progress: bool | None, min_total: int = 2):
+    """``items`` with a bar on stderr: progress True: always, None: only when stderr is a terminal."""
+    from tqdm.auto import tqdm
+
+    off = True if progress is False or total < min_total else (None if progress is None else False)
+    return tqdm(items, total=total, desc="evaluating", unit="batch", disable=off, leave=False, dynamic_ncols=True)
+
+
 def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 500,
-                   device: torch.device | str = "cpu", amp: bool = False) -> torch.Tensor:
-    """Float32 logits of ``model`` (eval mode) on ``images`` (uint8 or float, N,C,H,W) on CPU."""
+                   device: torch.device | str = "cpu", amp: bool = False,
+                   progress: bool | None = False) -> torch.Tensor:
+    """Float32 logits of ``model`` (eval mode) on ``images`` (uint8 or float, N,C,H,W) on CPU.
+
+    ``progress``: a bar over the batches on stderr (None: only when stderr is a terminal)."""
     device = torch.device(device)
     batches = ((images[start:start + batch_size].to(device, non_blocking=True), None)
                for start in range(0, len(images), batch_size))
-    outs = [logits.cpu() for logits, _ in predict_batches(model, batches, device, amp)]
+    outs = [logits.cpu() for logits, _ in _progress(predict_batches(model, batches, device, amp),
+                                                    -(-len(images) // batch_size), progress)]
     return torch.cat(outs) if outs else torch.empty(0)
 
 
@@ -98,20 +110,24 @@ def accuracy_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes
 
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500,
-             device: torch.device | str = "cpu", amp: bool = False) -> EvalResult:
+             device: torch.device | str = "cpu", amp: bool = False, progress: bool | None = False) -> EvalResult:
     """Run ``model`` over the images and score its predictions."""
-    logits = predict_logits(model, images, batch_size, device, amp)
+    logits = predict_logits(model, images, batch_size, device, amp, progress)
     return accuracy_from_logits(logits, labels, getattr(getattr(model, "config", None), "num_classes", None))
 
 
 def evaluate_image_folder(model: nn.Module, split: ImageFolderSplit, batch_size: int, device: torch.device,
                           crops: int = 1, crop_size: int = 224, resize_size: int = 256,
-                          workers: int | None = None, amp: bool = False) -> EvalResult:
-    """Top-1 / top-5 / per-class accuracy of ``model`` on an ImageFolder split (1 or 25 crops)."""
+                          workers: int | None = None, amp: bool = False,
+                          progress: bool | None = False) -> EvalResult:
+    """Top-1 / top-5 / per-class accuracy of ``model`` on an ImageFolder split (1 or 25 crops).
+
+    ``progress``: a bar over the batches on stderr (None: only when stderr is a terminal)."""
     logits, labels = [], []
     batches = split_batches(split, batch_size, device=device, crops=crops, crop_size=crop_size,
                             resize_size=resize_size, workers=workers)
-    for lg, y in predict_batches(model, batches, device, amp):
+    for lg, y in _progress(predict_batches(model, batches, device, amp), -(-len(split) // batch_size), progress,
+                           min_total=1):
         logits.append(lg.cpu())
         labels.append(y.cpu())
     return accuracy_from_logits(torch.cat(logits), torch.cat(labels), len(split.classes))

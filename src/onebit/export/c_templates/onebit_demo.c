@@ -5,16 +5,19 @@
  *
  * FILE holds images of ONEBIT_INPUT_BYTES bytes each: uint8 CHW planar, raw pixels (the CIFAR-10
  * binary layout); with --labels each image is preceded by its label byte (CIFAR-10 .bin files).
- * Prints one line per image: index, predicted class, logits (--raw: the integer mode's int32 logits,
- * whose real value is logit * ONEBIT_LOGIT_SCALE).
+ * Prints one line per image: index, predicted class, its name (when the export knew the class names,
+ * see onebit_classes.h), logits (--raw: the integer mode's int32 logits, whose real value is
+ * logit * ONEBIT_LOGIT_SCALE). Numbers on the command line must be plain decimal integers in range.
  */
 #define _POSIX_C_SOURCE 200112L
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "onebit.h"
+#include "onebit_classes.h"
 
 #if defined(ONEBIT_THREADS) && ONEBIT_THREADS > 1
 #define DEMO_WORKERS ONEBIT_THREADS
@@ -80,6 +83,21 @@ static int argmax(const float *v)
     return best;
 }
 
+/* a whole decimal integer in lo..hi, else an error line and 0 */
+static int parse_long(const char *opt, const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    long v;
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (end == s || *end != '\0' || errno == ERANGE || v < lo || v > hi) {
+        fprintf(stderr, "onebit_demo: %s: expected an integer in %ld..%ld, got '%s'\n", opt, lo, hi, s);
+        return 0;
+    }
+    *out = v;
+    return 1;
+}
+
 static int fail(const char *what, int rc)
 {
     fprintf(stderr, "onebit_demo: %s failed (error %d)\n", what, rc);
@@ -123,7 +141,7 @@ static int bench(int mode, int threads, int runs, int batch, int have)
 int main(int argc, char **argv)
 {
     int mode = ONEBIT_FLOAT, threads = 1, with_labels = 0, quiet = 0, raw = 0, runs = 0, batch = 0, i, rc;
-    long max = -1, n = 0, correct = 0;
+    long max = -1, n = 0, correct = 0, v;
     const char *path = NULL;
     FILE *f;
     for (i = 1; i < argc; i++) {
@@ -131,11 +149,18 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--labels")) with_labels = 1;
         else if (!strcmp(argv[i], "--quiet")) quiet = 1;
         else if (!strcmp(argv[i], "--raw")) raw = 1;
-        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--bench") && i + 1 < argc) runs = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--max") && i + 1 < argc) max = atol(argv[++i]);
-        else if (argv[i][0] == '-' || path) { usage(); return 2; }
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
+            if (!parse_long("--threads", argv[++i], 1, 4096, &v)) return 2;
+            threads = (int)v;
+        } else if (!strcmp(argv[i], "--bench") && i + 1 < argc) {
+            if (!parse_long("--bench", argv[++i], 0, DEMO_MAX_RUNS, &v)) return 2;
+            runs = (int)v;
+        } else if (!strcmp(argv[i], "--batch") && i + 1 < argc) {
+            if (!parse_long("--batch", argv[++i], 0, DEMO_MAX_BATCH, &v)) return 2;
+            batch = (int)v;
+        } else if (!strcmp(argv[i], "--max") && i + 1 < argc) {
+            if (!parse_long("--max", argv[++i], 0, 2147483647L, &max)) return 2;
+        } else if (argv[i][0] == '-' || path) { usage(); return 2; }
         else path = argv[i];
     }
     if (!path || threads < 1 || threads > onebit_max_threads() || runs < 0 || runs > DEMO_MAX_RUNS ||
@@ -174,6 +199,7 @@ int main(int argc, char **argv)
         if (!quiet) {
             int c;
             printf("%ld %d", n, pred);
+            if (ONEBIT_HAVE_CLASS_NAMES) printf(" %s", onebit_class_names[pred]);
             for (c = 0; c < ONEBIT_NUM_CLASSES; c++) {
                 if (raw && mode == ONEBIT_INT) printf(" %ld", (long)logits_q[c]);
                 else printf(" %.9g", logits[0][c]);
@@ -183,6 +209,10 @@ int main(int argc, char **argv)
         n++;
     }
     fclose(f);
+    if (n == 0 && max != 0) {
+        fprintf(stderr, "onebit_demo: %s holds no complete image\n", path);
+        return 1;
+    }
     if (with_labels && n > 0) printf("accuracy %.4f (%ld/%ld)\n", (double)correct / (double)n, correct, n);
     return 0;
 }
