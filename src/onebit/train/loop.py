@@ -37,6 +37,7 @@ from onebit.train.evaluation import metric_sums, predict_batches
 from onebit.train.schedules import learning_rate
 from onebit.train.sources import make_source, split_batches
 from onebit.train.step import TrainStep, prepare_model
+from onebit.train.threads import default_threads
 
 
 @dataclass
@@ -149,7 +150,7 @@ class Trainer:
         local_rank = int(os.environ.get("LOCAL_RANK", rank)) if world_size > 1 else 0
         self.device = device_for(cfg.device, DistEnv(rank, world_size, local_rank))
         if self.device.type == "cpu":
-            torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
+            torch.set_num_threads(default_threads(cfg.num_threads))
         self.data = load_datasets(cfg)
         self.source = make_source(self.data.train, cfg, self.device, rank, world_size)
         self.steps_per_epoch = self.source.steps_per_epoch
