@@ -70,7 +70,7 @@ class TrainConfig:
     amp: bool = option(True, "bf16 autocast on GPU")
     channels_last: bool = option(True, "channels_last memory format on GPU")
     compile: bool | None = option(None, "torch.compile the model (default: on for CUDA, off on CPU)")
-    num_threads: int = option(0, "CPU threads (0 = all cores)")
+    num_threads: int = option(0, "CPU threads (0 = the usable CPUs that other processes are not busy on)")
     eval_batch_size: int = option(500, "evaluation batch size")
     bn_recompute: bool = option(True, "recompute BN statistics after training")
 
@@ -100,7 +100,7 @@ class TrainConfig:
             (8 <= self.crop_size <= self.resize_size,
              f"need 8 <= crop_size <= resize_size, got {self.crop_size} and {self.resize_size}"),
             (0 <= self.seed < 1 << 63, f"seed must be in 0..2**63-1, got {self.seed}"),
-            (self.num_threads >= 0, f"num_threads must be >= 0 (0 = all cores), got {self.num_threads}"),
+            (self.num_threads >= 0, f"num_threads must be >= 0 (0 = automatic), got {self.num_threads}"),
             (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
             (self.temperature is None or self.temperature > 0,
              f"temperature must be > 0, got {self.temperature}"),
