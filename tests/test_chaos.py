@@ -227,7 +227,7 @@ def test_full_disk_by_fault_injection(tiny_cifar10, tmp_path, reference, monkeyp
     import errno
 
     import onebit.rundir as rundir
-    import onebit.train.checkpoint as checkpoint
+    import onebit.safetensors_io as safetensors_io
 
     ref_run, _ = reference
     run = tmp_path / "run"
@@ -258,7 +258,7 @@ def test_full_disk_by_fault_injection(tiny_cifar10, tmp_path, reference, monkeyp
         from safetensors import SafetensorError
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    for target, name, fake in ((rundir, "open", FullDisk), (checkpoint, "save_file", full_save_file)):
+    for target, name, fake in ((rundir, "open", FullDisk), (safetensors_io, "save_file", full_save_file)):
         monkeypatch.setattr(target, name, fake, raising=False)
         capsys.readouterr()
         assert main(resume_argv(run)) == 1

@@ -125,23 +125,27 @@ def test_traveling_bytes_counts_tracked_and_unignored_files(tmp_path):
 def test_restored_momentum_keeps_the_parameter_layout_for_fused_sgd(tmp_path):
     """The checkpoint stores momentum in NCHW order; restoring it into a channels_last parameter must keep
     the parameter's layout, else the fused kernel pairs the wrong elements (seen on the CPU kernel too)."""
-    from onebit.models import WRNConfig
+    from onebit.models import WRNConfig, build_model
     from onebit.train.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
 
-    p = torch.nn.Parameter(torch.randn(8, 4, 3, 3).contiguous(memory_format=torch.channels_last))
-    opt = torch.optim.SGD([p], lr=0.1, momentum=0.9)
-    p.grad = torch.randn_like(p)
+    cfg = WRNConfig(depth=8, width=1)
+    module = build_model(cfg).to(memory_format=torch.channels_last)
+    params = list(module.parameters())
+    p = next(q for q in params if q.dim() == 4 and q.shape[-1] == 3)
+    assert not p.is_contiguous()                       # channels_last
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    for q in params:
+        q.grad = torch.randn_like(q)
     opt.step()
-    module = torch.nn.Module()
-    module.w = p
-    save_checkpoint(tmp_path / "c.safetensors", module, WRNConfig(depth=8, width=1), opt)
+    save_checkpoint(tmp_path / "c.safetensors", module, cfg, opt)
     buf = opt.state[p]["momentum_buffer"].clone()
-    fused = torch.optim.SGD([p], lr=0.1, momentum=0.9, fused=True)
+    fused = torch.optim.SGD(params, lr=0.1, momentum=0.9, fused=True)
     restore_optimizer(fused, load_checkpoint(tmp_path / "c.safetensors").optimizer_state)
     restored = fused.state[p]["momentum_buffer"]
     assert restored.stride() == p.stride() and torch.equal(restored, buf)
     before = p.detach().clone()
-    p.grad = torch.randn_like(p)
+    for q in params:
+        q.grad = torch.randn_like(q)
     fused.step()
     torch.testing.assert_close(p.detach(), before - 0.1 * (0.9 * buf + p.grad), rtol=1e-6, atol=1e-6)
 

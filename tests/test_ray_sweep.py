@@ -83,14 +83,14 @@ def driver(path: Path, address: str) -> tuple[list[str], dict[str, str]]:
     return [sys.executable, "-m", "onebit", "sweep", str(path), "--ray", address, "--no-progress"], env
 
 
-def run_driver(path: Path, address: str, timeout: float = 150) -> str:
+def run_driver(path: Path, address: str, timeout: float = 600) -> str:
     cmd, env = driver(path, address)
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
 
-def wait_for(condition, timeout: float = 120, what: str = "") -> None:
+def wait_for(condition, timeout: float = 400, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -188,7 +188,7 @@ def test_killed_worker_node_points_are_retried_from_their_checkpoint(cluster, tm
         hit = on_victim_with_checkpoint()
         os.kill(worker_info(hit.run_dir)["pid"], signal.SIGKILL)      # the training process ...
         cluster.remove_node(victim, allow_graceful=False)             # ... and the node's raylet, agents
-        out, _ = proc.communicate(timeout=150)
+        out, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
