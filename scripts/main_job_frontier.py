@@ -57,14 +57,17 @@ def main() -> None:
         raise SystemExit(f"no runs with a measured architecture in {args.folder / 'runs.db'}")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for arch in sorted({p["arch"] for p in points}):
-        mine = [p for p in points if p["arch"] == arch]
-        ax.scatter([p["seconds"] for p in mine], [p["val_acc"] for p in mine], label=arch, s=28)
+        for temperature in sorted({p["temperature"] for p in points if p["arch"] == arch}):
+            mine = [p for p in points if p["arch"] == arch and p["temperature"] == temperature]
+            ax.scatter([p["seconds"] for p in mine], [p["val_acc"] for p in mine], s=28,
+                       label=f"{arch}, T = {temperature:g}")
     front = frontier(points)
     ax.step([p["seconds"] for p in front], [p["val_acc"] for p in front], where="post", color="0.4", lw=1,
             label="frontier")
     for p in front:
         ax.annotate(f"{p['arch']} {p['epochs']}ep T={p['temperature']:g} lr={p['lr']:g}",
-                    (p["seconds"], p["val_acc"]), fontsize=7, xytext=(4, -10), textcoords="offset points")
+                    (p["seconds"], p["val_acc"]), fontsize=7, textcoords="offset points",
+                    **({"xytext": (6, 4), "ha": "left"} if p["seconds"] < 150 else {"xytext": (-6, 4), "ha": "right"}))
     ax.axvline(300, color="tab:red", ls="--", lw=1, label="5-minute budget")
     ax.axhline(60, color="tab:green", ls=":", lw=1, label="60% target")
     ax.set_xlabel("estimated training time, idle 2-core CPU (s)")

@@ -42,13 +42,21 @@ def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return proc
 
 
-def assert_same_run(single, multi):
+def relative_error(b: torch.Tensor, a: torch.Tensor) -> float:
+    """||b - a|| / ||a|| over the whole tensor (0 for two zero tensors)."""
+    a, b = a.double(), b.double()
+    return float((b - a).norm() / a.norm().clamp_min(1e-12)) if a.norm() > 0 else float(b.norm())
+
+
+def assert_same_run(single, multi, tolerance: float):
+    """Same weights, buffers and momenta: every tensor within ``tolerance`` relative (L2) error."""
     a, b = load_checkpoint(single), load_checkpoint(multi)
     assert a.model_state.keys() == b.model_state.keys() and a.optimizer_state.keys() == b.optimizer_state.keys()
-    for k in a.model_state:
-        torch.testing.assert_close(b.model_state[k], a.model_state[k], rtol=1e-5, atol=1e-5, msg=k)
-    for k in a.optimizer_state:
-        torch.testing.assert_close(b.optimizer_state[k], a.optimizer_state[k], rtol=1e-5, atol=1e-5, msg=k)
+    errors = {**{k: relative_error(b.model_state[k], a.model_state[k]) for k in a.model_state},
+              **{k: relative_error(b.optimizer_state[k], a.optimizer_state[k]) for k in a.optimizer_state}}
+    worst = max(errors, key=errors.get)
+    print(f"worst relative error {errors[worst]:.2e} ({worst})")
+    assert errors[worst] <= tolerance, f"{worst}: relative error {errors[worst]:.2e} > {tolerance:.0e}"
     assert b.state["epoch"] == a.state["epoch"] and b.state["finished"]
 
 
@@ -57,19 +65,32 @@ CIFAR_RUN = dict(depth=8, width=1, norm="bn", weight_bits=32, epochs=2, batch_si
 
 
 def cli_args(options: dict) -> list[str]:
-    return [a for k, v in options.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    flag = lambda k: k.replace("_", "-")  # noqa: E731
+    return [a for k, v in options.items()
+            for a in ([f"--{flag(k)}" if v else f"--no-{flag(k)}"] if isinstance(v, bool) else [f"--{flag(k)}", str(v)])]
 
 
-def test_two_gloo_ranks_with_resume_match_one_process(tiny_cifar10, tmp_path):
-    """BN design (synchronised BN), unequal slices (23 + 22 of 45), stopped after epoch 1 and resumed."""
-    options = {**CIFAR_RUN, "data_dir": str(tiny_cifar10)}
+# (design, largest relative L2 error allowed in any weight, buffer or momentum). Measured: the BN design in
+# NCHW matches to 2e-5; the default design (BN-free, 1 bit, channels_last) to 1e-3 in its stem momentum
+# (the ranks' float sums round differently; sign flips of near-zero latent weights amplify that). Without
+# the loss scale (distributed.loss_scale returning 1) they are off by 9e-2 and 1.5e-2. CPU BatchNorm2d in
+# channels_last rounds ~20x worse than in NCHW, too coarse for the strict BN case.
+DESIGNS = {"bn-nchw": (dict(norm="bn", weight_bits=32, channels_last=False), 1e-4),
+           "srelu-1bit-nhwc": (dict(norm="none", weight_bits=1, temperature=5.0, channels_last=True), 1e-2)}
+
+
+@pytest.mark.parametrize("design", DESIGNS)
+def test_two_gloo_ranks_with_resume_match_one_process(tiny_cifar10, tmp_path, design):
+    """Synchronised BN or none, unequal slices (23 + 22 of 45), stopped after epoch 1 and resumed."""
+    design_options, tolerance = DESIGNS[design]
+    options = {**CIFAR_RUN, **design_options, "data_dir": str(tiny_cifar10)}
     single = train(TrainConfig(**options), tmp_path / "single", progress=False)
     run = tmp_path / "multi"
     first = torchrun(*cli_args(options), "--run-dir", str(run), "--stop-after", "1")
     assert first.stdout.count('"run_dir"') == 1                     # only rank 0 reports
     assert load_checkpoint(run).state["epoch"] == 1
     torchrun("--resume", str(run))
-    assert_same_run(tmp_path / "single", run)
+    assert_same_run(tmp_path / "single", run, tolerance)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     ref = [json.loads(line) for line in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]                       # one writer, no duplicated lines

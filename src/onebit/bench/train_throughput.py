@@ -5,6 +5,8 @@ Measures, in one run and on one device:
   * augmentation + batching alone (epoch_batches over the on-device dataset)   -- its share of the step
   * bare forward + backward + SGD step on one fixed batch                      -- the model's own cost
   * the full training step (batching, augmentation, forward, backward, step)   -- what training gets
+The model and step are built as ``onebit train`` builds them on a CPU (``prepare_model``, ``TrainStep``:
+channels_last by default, ``--no-channels-last`` for NCHW).
 Achieved GFLOP/s = 3 x forward conv FLOPs per image x images/s (forward + 2 x backward).
 
     python bench/train_throughput.py                      # WRN-14-4 (= WRN-16-4 in Zagoruyko's count), batch 125
@@ -19,7 +21,6 @@ import os
 import time
 
 import torch
-import torch.nn.functional as F
 
 from onebit.bench.machine import matmul_gflops
 from onebit.data.augment import Augmentation
@@ -28,6 +29,7 @@ from onebit.models.summary import summarize
 from onebit.models import WRNConfig, build_model
 from onebit.train.config import TrainConfig
 from onebit.train.loop import make_optimizer
+from onebit.train.step import TrainStep, prepare_model
 
 
 def time_steps(step, n: int, warmup: int = 2) -> float:
@@ -49,15 +51,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=125)
     ap.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                    help="memory format, as onebit train's option (default: on)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     torch.manual_seed(0)
     cfg = WRNConfig(depth=args.depth, width=args.width, norm=args.norm, weight_bits=args.weight_bits)
-    model = build_model(cfg)
+    cpu = torch.device("cpu")
+    model, module = prepare_model(build_model(cfg), cpu, args.channels_last)
     optimizer = make_optimizer(model, TrainConfig(depth=args.depth, width=args.width, norm=args.norm,
                                                   weight_bits=args.weight_bits))
+    step = TrainStep(module, optimizer, cpu, amp=False, channels_last=args.channels_last)
     flops_per_image = 3 * 2 * summarize(cfg).macs  # forward + 2 x backward conv FLOPs
     b = args.batch_size
     # a synthetic dataset the size of CIFAR-10's training set, kept as one uint8 tensor
@@ -66,10 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     augment = Augmentation()
 
     def train_step(x, y):
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        step(x, y, 0.1)
 
     fixed_x, fixed_y = images[:b].float(), labels[:b]
     stream = iter(())
@@ -93,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
 
     results = {
         "model": cfg.name, "batch_size": b, "threads": torch.get_num_threads(),
+        "channels_last": args.channels_last,
         "device": "cpu", "forward_conv_gflop_per_image": flops_per_image / 3 / 1e9,
         "matmul_gflops": (matmul + matmul_after) / 2, "matmul_gflops_before_after": [matmul, matmul_after],
         "batching_augmentation_ms": t_batch * 1e3,
@@ -102,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     results["full_vs_matmul"] = results["full_gflops"] / results["matmul_gflops"]
     results["batching_share_of_full_step"] = t_batch / t_full
     print(f"model {cfg.name}, batch {b}, {results['threads']} threads, "
+          f"{'channels_last' if args.channels_last else 'NCHW'}, "
           f"{results['forward_conv_gflop_per_image']:.3f} forward conv GFLOP/image")
     print(f"baseline  fp32 matmul (2048^2)          {results['matmul_gflops']:8.1f} GFLOP/s "
           f"(before {matmul:.1f}, after {matmul_after:.1f})")

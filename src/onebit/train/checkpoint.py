@@ -136,6 +136,6 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, optimizer_state: dict[st
         index = int(key.split(".")[0])
         if index >= len(params) or params[index].shape != buf.shape:
             raise CheckpointError(f"optimizer state {key} does not match the model")
-        # In the parameter's memory layout (channels_last on GPUs): the fused SGD kernels pair parameter,
+        # In the parameter's memory layout (channels_last by default): the fused SGD kernels pair parameter,
         # gradient and buffer elements by storage offset, so a buffer in another layout is mis-updated.
         optimizer.state[params[index]]["momentum_buffer"] = torch.empty_like(params[index]).copy_(buf)

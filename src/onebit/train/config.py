@@ -68,7 +68,7 @@ class TrainConfig:
     seed: int = option(0, "random seed")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     amp: bool = option(True, "bf16 autocast on GPU")
-    channels_last: bool = option(True, "channels_last memory format on GPU")
+    channels_last: bool = option(True, "channels_last (NHWC) memory format, on GPU and CPU")
     compile: bool | None = option(None, "torch.compile the model (default: on for CUDA, off on CPU)")
     num_threads: int = option(0, "CPU threads (0 = the usable CPUs that other processes are not busy on)")
     eval_batch_size: int = option(500, "evaluation batch size")

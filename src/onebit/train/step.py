@@ -1,7 +1,9 @@
 """The training step and the model set-up that makes it fast on a GPU.
 
 GPU path: bf16 autocast, channels_last tensors, ``torch.compile`` of the model (on by default on CUDA),
-cuDNN autotuning, SGD with the fused CUDA kernel. Each 1-bit layer computes ``c * sign(w)`` once per
+cuDNN autotuning, SGD with the fused CUDA kernel. On a CPU, channels_last (NHWC) is used too: oneDNN's
+convolutions train WRN-8-1 to WRN-8-2 1.13-1.24x faster in it than in NCHW (bench/cpu_channels_last.py,
+docs/performance.md). Each 1-bit layer computes ``c * sign(w)`` once per
 forward, i.e. once per step. The step returns its loss and hit count as device tensors: nothing in it
 waits for the GPU.
 """
@@ -34,7 +36,7 @@ def prepare_model(net: nn.Module, device: torch.device, channels_last: bool = Tr
         torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
     if world_size > 1:
         net = convert_sync_batchnorm(net, device)
-    if channels_last and device.type == "cuda":
+    if channels_last:
         net = net.to(memory_format=torch.channels_last)
     module = wrap_ddp(net, device) if world_size > 1 else net
     if use_compile(compile, device):
@@ -53,7 +55,7 @@ class TrainStep:
                  amp: bool = True, channels_last: bool = True, world_size: int = 1, global_batch: int = 0):
         self.module, self.optimizer, self.device = module, optimizer, device
         self.amp = amp and device.type == "cuda"
-        self.channels_last = channels_last and device.type == "cuda"
+        self.channels_last = channels_last
         self.world_size, self.global_batch = world_size, global_batch
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
