@@ -65,9 +65,12 @@ CIFAR_RUN = dict(depth=8, width=1, norm="bn", weight_bits=32, epochs=2, batch_si
 
 
 def cli_args(options: dict) -> list[str]:
-    flag = lambda k: k.replace("_", "-")  # noqa: E731
-    return [a for k, v in options.items()
-            for a in ([f"--{flag(k)}" if v else f"--no-{flag(k)}"] if isinstance(v, bool) else [f"--{flag(k)}", str(v)])]
+    """``--name value`` per option; booleans as ``--name`` / ``--no-name``."""
+    args = []
+    for key, value in options.items():
+        name = key.replace("_", "-")
+        args += [f"--{name}" if value else f"--no-{name}"] if isinstance(value, bool) else [f"--{name}", str(value)]
+    return args
 
 
 # (design, largest relative L2 error allowed in any weight, buffer or momentum). Measured: the BN design in
@@ -94,11 +97,13 @@ def test_two_gloo_ranks_with_resume_match_one_process(tiny_cifar10, tmp_path, de
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     ref = [json.loads(line) for line in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]                       # one writer, no duplicated lines
+    strict = tolerance <= 1e-4        # the loose design may flip one of its 20 validation / 50 test answers
     for r, s in zip(rows, ref):
-        assert r["train_loss"] == pytest.approx(s["train_loss"], rel=1e-5)
-        assert r["val_acc"] == pytest.approx(s["val_acc"]) and r["test_acc"] == pytest.approx(s["test_acc"])
+        assert r["train_loss"] == pytest.approx(s["train_loss"], rel=tolerance / 10)
+        assert r["val_acc"] == pytest.approx(s["val_acc"], abs=0 if strict else 0.05)
+        assert r["test_acc"] == pytest.approx(s["test_acc"], abs=0 if strict else 0.02)
     results = json.loads((run / "results.json").read_text())
-    assert results["test_loss"] == pytest.approx(single["test_loss"], rel=1e-4)
+    assert results["test_loss"] == pytest.approx(single["test_loss"], rel=tolerance)
 
 
 def test_torchrun_needs_an_explicit_run_dir(monkeypatch, capsys, tiny_cifar10):
