@@ -151,4 +151,4 @@ def test_two_gloo_ranks_with_loader_workers_match_one_process(tiny_imagenet, tmp
     options = tiny_run(tiny_imagenet, norm="none")
     train(TrainConfig(**options), tmp_path / "single", progress=False)
     torchrun(*cli_args({**options, "workers": 1}), "--run-dir", str(tmp_path / "multi"))
-    assert_same_run(tmp_path / "single", tmp_path / "multi")
+    assert_same_run(tmp_path / "single", tmp_path / "multi", 1e-4)            # measured: 1.6e-6
