@@ -1,9 +1,10 @@
 """The main job's time-vs-accuracy frontier: every stored run of the main-job sweeps, one point each.
 
 x: the run's training time on this project's 2-core machine, idle, at the default thread setting,
-estimated as (epochs x training images) / (the architecture's idle training images/s, measured by
-``bench/train_throughput.py`` and kept in ``throughput.json``); y: validation accuracy (the 5,000 held-out
-training images the choice was made on). The frontier joins the runs no other run beats in both.
+estimated as (epochs x training images) / (the architecture's idle training images/s, kept with how it
+was measured in ``throughput.json``), so that runs trained under other loads compare; y: validation
+accuracy (the 5,000 held-out training images the choice was made on). The frontier joins the runs no
+other run beats in both.
 
     python scripts/main_job_frontier.py docs/results/main-job
 """

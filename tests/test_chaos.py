@@ -1,15 +1,18 @@
 """Chaos tests: `onebit train` killed with SIGKILL at random moments, and trained into a full disk.
 
-Each training process is a fork of this (already importing) test process that runs ``onebit.cli.main``
--- exactly what the ``onebit train`` command runs, without paying the interpreter and torch start-up for
-every one of the many processes. The documented test hook ``ONEBIT_TEST_WRITE_DELAY`` (``onebit.rundir``)
-makes every atomic write pause between writing its temporary file and renaming it, so that random kill
-moments often land inside checkpoint and metrics writes.
+Each training process runs ``onebit.cli.main`` -- exactly what the ``onebit train`` command runs -- forked
+from a multiprocessing fork server that has torch and onebit imported, so the many processes do not pay
+the interpreter and torch start-up. (Not forked from the test process itself: once a test in it has run
+autograd, PyTorch refuses autograd in a forked child, and which tests ran first depends on the run.)
+The documented test hook ``ONEBIT_TEST_WRITE_DELAY`` (``onebit.rundir``) makes every atomic write pause
+between writing its temporary file and renaming it, so that random kill moments often land inside
+checkpoint and metrics writes.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -39,32 +42,36 @@ def resume_argv(run_dir: Path) -> list[str]:
     return ["train", "--resume", str(run_dir), "--no-progress"]
 
 
-def start(argv: list[str], delay: float | None = WRITE_DELAY) -> int:
-    """Fork a process running ``onebit <argv>`` (output discarded); returns its PID."""
-    pid = os.fork()
-    if pid == 0:                                   # the child: never return into pytest
-        code = 99
-        try:
-            if delay:
-                os.environ["ONEBIT_TEST_WRITE_DELAY"] = str(delay)
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, 1)
-            os.dup2(null, 2)
-            code = main(argv)
-        finally:
-            os._exit(code)
-    return pid
+FORK_SERVER = multiprocessing.get_context("forkserver")
+FORK_SERVER.set_forkserver_preload(["torch", "onebit.cli", "onebit.train.loop", __name__])
 
 
-def wait(pid: int, kill_after: float | None = None, inside: tuple[Path, str, float] | None = None) -> int | None:
-    """The exit code of ``pid``; with ``kill_after``, SIGKILL it at that moment (then None) unless it ends
+def run_onebit(argv: list[str], delay: float | None) -> None:
+    """A training process's body: ``onebit <argv>`` with the write delay and output discarded."""
+    if delay:
+        os.environ["ONEBIT_TEST_WRITE_DELAY"] = str(delay)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    sys.exit(main(argv))
+
+
+def start(argv: list[str], delay: float | None = WRITE_DELAY) -> multiprocessing.Process:
+    """Start a process running ``onebit <argv>`` (output discarded), forked from the fork server."""
+    proc = FORK_SERVER.Process(target=run_onebit, args=(argv, delay), daemon=True)
+    proc.start()
+    return proc
+
+
+def wait(proc: multiprocessing.Process, kill_after: float | None = None,
+         inside: tuple[Path, str, float] | None = None) -> int | None:
+    """The exit code of ``proc``; with ``kill_after``, SIGKILL it at that moment (then None) unless it ends
     first. With ``inside = (folder, pattern, pause)`` the kill waits until ``kill_after`` has passed and a
     temporary file matching ``pattern`` exists in folder (a write in progress), then ``pause`` seconds more."""
     deadline = time.monotonic() + (kill_after if kill_after is not None else 300.0)
     while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
+        if proc.exitcode is not None:
+            return proc.exitcode
         if time.monotonic() >= deadline and inside is not None and kill_after is not None:
             folder, pattern, pause = inside
             if not any(folder.glob(pattern)):
@@ -73,12 +80,10 @@ def wait(pid: int, kill_after: float | None = None, inside: tuple[Path, str, flo
             time.sleep(pause)
             inside = None
         if time.monotonic() >= deadline:
+            proc.kill()
+            proc.join()
             if kill_after is None:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
                 raise AssertionError("training process did not finish")
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
             return None
         time.sleep(0.002)
 
@@ -157,14 +162,14 @@ def test_second_writer_is_refused_with_the_holders_pid(tiny_cifar10, tmp_path):
     holder = start(resume_argv(run), delay=1000.0)    # takes the lock, then stalls in its first write
     try:
         deadline = time.monotonic() + 120
-        while RunDir(run).lock_file.read_text().strip() != str(holder):
+        while RunDir(run).lock_file.read_text().strip() != str(holder.pid):
             assert time.monotonic() < deadline, "the holder did not take the lock"
             time.sleep(0.01)
         for argv in (train_argv(tiny_cifar10, run), resume_argv(run)):
             out = subprocess.run([sys.executable, "-m", "onebit", *argv], capture_output=True, text=True,
                                  timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
             assert out.returncode == 1
-            assert out.stderr.count("\n") == 1 and f"in use by process {holder}" in out.stderr, out.stderr
+            assert out.stderr.count("\n") == 1 and f"in use by process {holder.pid}" in out.stderr, out.stderr
     finally:
         wait(holder, kill_after=0.0)
     # the lock died with the killed holder, and the run resumes
