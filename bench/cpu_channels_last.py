@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
+from onebit.bench.train_throughput import time_steps
 from onebit.models import build_model
 from onebit.train.config import TrainConfig
 from onebit.train.loop import make_optimizer
@@ -32,12 +32,7 @@ def images_per_s(depth: int, width: int, norm: str, channels_last: bool, steps: 
     net, module = prepare_model(build_model(cfg.model_config()), torch.device("cpu"), channels_last)
     step = TrainStep(module, make_optimizer(net, cfg), torch.device("cpu"), amp=False, channels_last=channels_last)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    for _ in range(3):
-        step(x, y, 0.1)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step(x, y, 0.1)
-    return steps * batch / (time.perf_counter() - start)
+    return batch / time_steps(lambda: step(x, y, 0.1), steps, warmup=3)
 
 
 def main() -> None:
