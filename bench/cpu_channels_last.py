@@ -18,6 +18,7 @@ import json
 import torch
 
 from onebit.bench.train_throughput import time_steps
+from onebit.errors import ConfigError
 from onebit.models import build_model
 from onebit.train.config import TrainConfig
 from onebit.train.loop import make_optimizer
@@ -50,13 +51,18 @@ def main() -> None:
     print(f"{'model':16s} {'NCHW img/s':>11s} {'NHWC img/s':>11s} {'NHWC/NCHW':>10s}")
     results = []
     for spec in args.models:
-        depth, width, *rest = spec.split("-")
-        norm = "bn" if rest == ["bn"] else "none"
+        depth, width, *rest = spec.split("-") + [""]
+        if not (depth.isdigit() and width.isdigit() and rest in ([""], ["bn", ""])):
+            ap.error(f"--models: {spec!r} is not depth-width or depth-width-bn (e.g. 8-1, 8-1-bn)")
+        norm = "bn" if rest[0] == "bn" else "none"
         rates: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(args.repeats):
             for layout in (False, True):
-                rates[layout].append(images_per_s(int(depth), int(width), norm, layout, args.steps,
-                                                  args.batch_size))
+                try:
+                    rates[layout].append(images_per_s(int(depth), int(width), norm, layout, args.steps,
+                                                      args.batch_size))
+                except ConfigError as exc:
+                    ap.error(f"--models {spec}: {exc}")
         base, subject = max(rates[False]), max(rates[True])
         name = f"wrn-{depth}-{width}-{'bn' if norm == 'bn' else 'srelu'}"
         print(f"{name:16s} {base:11.0f} {subject:11.0f} {subject / base:9.2f}x")

@@ -55,3 +55,12 @@ def test_thread_policy_measures_every_setting_idle_and_busy(tmp_path, tiny_cifar
         assert 1 <= rows["onebit default"]["default_would_choose"] <= result["cpus"]
         best = min(r["wall_s"] for r in rows.values())
         assert f"{rows['1 thread']['wall_s'] / best:7.2f}x" in out
+
+
+@pytest.mark.parametrize("spec", ["8", "8-1-x", "7-1"])
+def test_cpu_channels_last_rejects_a_bad_model_in_one_line(spec):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "cpu_channels_last.py"), "--models", spec,
+                           "--steps", "1", "--repeats", "1"], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("cpu_channels_last.py: error: --models")
