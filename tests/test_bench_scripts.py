@@ -34,14 +34,31 @@ def test_cpu_channels_last_reports_both_layouts_and_their_ratio(tmp_path):
         assert rows[r["model"]][3] == f"{r['ratio_best']:.2f}x"
 
 
-def test_train_throughput_builds_the_step_as_training_does(tmp_path):
+def test_train_throughput_measures_both_formats_and_their_ratio(tmp_path):
     for layout in ("--channels-last", "--no-channels-last"):
-        run_bench("train_throughput.py", "--depth", "8", "--width", "1", "--steps", "1", "--batch-size", "8",
-                  "--threads", "1", layout, "--json", str(tmp_path / "t.json"))
+        out = run_bench("train_throughput.py", "--models", "wrn-8-1", "--steps", "1", "--repeats", "2",
+                        "--batch-size", "8", "--threads", "1", layout, "--json", str(tmp_path / "t.json"))
         r = json.loads((tmp_path / "t.json").read_text())
-        assert r["channels_last"] is (layout == "--channels-last") and r["model"] == "wrn-8-1-srelu-1bit"
-        assert r["full_vs_matmul"] == pytest.approx(r["full_gflops"] / r["matmul_gflops"])
-        assert r["full_images_per_s"] == pytest.approx(8 / (r["full_step_ms"] / 1e3))
+        assert r["channels_last"] is (layout == "--channels-last") and set(r["matmul_gflops"]) == {"fp32", "bf16"}
+        [row] = r["results"]
+        assert row["model"] == "wrn-8-1-srelu-1bit" and set(row["formats"]) == {"fp32", "bf16"}
+        for fmt, f in row["formats"].items():
+            assert len(f["full_step_ms_each_repeat"]) == 2 and f["full_step_ms"] == min(f["full_step_ms_each_repeat"])
+            assert f["full_vs_matmul"] == pytest.approx(f["full_gflops"] / r["matmul_gflops"][fmt])
+            assert f["full_images_per_s"] == pytest.approx(8 / (f["full_step_ms"] / 1e3))
+        assert row["bf16_vs_fp32"] == pytest.approx(row["formats"]["bf16"]["full_images_per_s"]
+                                                    / row["formats"]["fp32"]["full_images_per_s"])
+        assert f"bf16 / fp32 full-step images/s  {row['bf16_vs_fp32']:.2f}x" in out
+
+
+@pytest.mark.parametrize("args", [["--models", "wrn-8"], ["--models", "wrn-7-1"], ["--formats", "fp16"],
+                                  ["--steps", "0"]])
+def test_train_throughput_refuses_bad_options_in_one_line(args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "train_throughput.py"), *args],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and "train_throughput: error:" in proc.stderr
 
 
 def test_thread_policy_measures_every_setting_idle_and_busy(tmp_path, tiny_cifar10):

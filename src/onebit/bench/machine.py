@@ -8,12 +8,12 @@ import numpy as np
 import torch
 
 
-def matmul_gflops(threads: int, n: int = 2048, reps: int = 5) -> float:
-    """fp32 matmul rate of this machine (PyTorch, ``threads`` threads): 2 n^3 / median time."""
+def matmul_gflops(threads: int, n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """Matmul rate of this machine in ``dtype`` (PyTorch, ``threads`` threads): 2 n^3 / median time."""
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         for _ in range(2):
             a @ b
         times = []

@@ -52,6 +52,7 @@ except ModuleNotFoundError:  # Python 3.10
 from onebit.errors import ConfigError
 from onebit.presets import PRESETS
 from onebit.train.config import TrainConfig
+from onebit.train.precision import resolve_amp
 
 TABLES = {"sweep", "base", "grid", "rule", "exclude", "include"}
 SWEEP_KEYS = {"name", "store", "runs", "description"}
@@ -130,6 +131,8 @@ class Sweep:
         except TypeError as exc:
             raise ConfigError(f"{self.path}: run [{shown}]: an option has a value of the wrong type ({exc})") \
                 from None
+        if cfg.amp is None:   # automatic bf16: decided here, so the hash names the format the run trains in
+            cfg = cfg.replace(amp=resolve_amp(None, cfg.device))
         digest = cfg.hash()
         return PlannedRun(cfg, digest, self.runs_dir / digest, settings.get("preset"), dict(point))
 

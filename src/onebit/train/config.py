@@ -67,7 +67,8 @@ class TrainConfig:
     # run
     seed: int = option(0, "random seed")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
-    amp: bool = option(True, "bf16 autocast on GPU")
+    amp: bool | None = option(None, "bf16 autocast (default: on for GPUs, and for CPUs with native bf16 "
+                                    "arithmetic, AVX-512 BF16 or AMX; off elsewhere)")
     channels_last: bool = option(True, "channels_last (NHWC) memory format, on GPU and CPU")
     compile: bool | None = option(None, "torch.compile the model (default: on for CUDA, off on CPU)")
     num_threads: int = option(0, "CPU threads (0 = the usable CPUs that other processes are not busy on)")

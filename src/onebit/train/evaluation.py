@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from onebit.data.imagenet import ImageFolderSplit
+from onebit.train.precision import inference_autocast
 from onebit.train.sources import split_batches
 
 
@@ -44,7 +45,7 @@ def predict_batches(model: nn.Module, batches, device: torch.device, amp: bool =
             x = x.flatten(0, 1) if crops > 1 else x
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            with inference_autocast(device.type, amp):
                 logits = model(x).float()
             if crops > 1:
                 probs = logits.softmax(1).view(-1, crops, logits.shape[1]).mean(1)

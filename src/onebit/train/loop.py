@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from onebit.train.checkpoint import load_checkpoint, restore_optimizer, save_che
 from onebit.train.config import TrainConfig
 from onebit.train.distributed import DistEnv, all_reduce_sum, device_for, distributed_context
 from onebit.train.evaluation import metric_sums, predict_batches
+from onebit.train.precision import describe, inference_autocast, resolve_amp
 from onebit.train.schedules import learning_rate
 from onebit.train.sources import make_source, split_batches
 from onebit.train.step import TrainStep, prepare_model
@@ -121,7 +123,7 @@ def recompute_bn_from_batches(model: nn.Module, batches, device: torch.device, a
         m.momentum = None  # cumulative moving average = exact mean over batches
     model.train()
     for batch in batches:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+        with inference_autocast(device.type, amp):
             model(batch.to(device))
     for m, mom in zip(bns, saved):
         m.momentum = mom
@@ -138,6 +140,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, progress: bool = True,
                  rank: int = 0, world_size: int = 1):
+        if cfg.amp is None:                 # automatic: decided once, then recorded in config.json
+            cfg = cfg.replace(amp=resolve_amp(None, cfg.device))
         self.cfg = cfg
         self.dir = RunDir(run_dir)
         self.run_dir = self.dir.path
@@ -165,6 +169,8 @@ class Trainer:
         self.elapsed = 0.0
         self.step_fn = TrainStep(self.model, self.optimizer, self.device, cfg.amp, cfg.channels_last,
                                  world_size, cfg.batch_size)
+        if rank == 0:
+            print(describe(cfg.amp, self.device.type), file=sys.stderr)
 
     # ----- state -----
     @property

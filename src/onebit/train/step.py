@@ -1,6 +1,6 @@
 """The training step and the model set-up that makes it fast on a GPU.
 
-GPU path: bf16 autocast, channels_last tensors, ``torch.compile`` of the model (on by default on CUDA),
+GPU path: bf16 autocast (on CPUs with native bf16 too; ``train/precision.py``), channels_last tensors, ``torch.compile`` of the model (on by default on CUDA),
 cuDNN autotuning, SGD with the fused CUDA kernel. On a CPU, channels_last (NHWC) is used too: oneDNN's
 convolutions run the training step of WRN-8-1 to WRN-8-2 1.15-1.28x faster in it than in NCHW (whole
 epochs ~1.1x; bench/cpu_channels_last.py, docs/performance.md). Each 1-bit layer computes
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from onebit.train.distributed import convert_sync_batchnorm, loss_scale, wrap_ddp
+from onebit.train.precision import training_autocast
 
 
 def use_compile(flag: bool | None, device: torch.device) -> bool:
@@ -54,7 +55,7 @@ class TrainStep:
     def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
                  amp: bool = True, channels_last: bool = True, world_size: int = 1, global_batch: int = 0):
         self.module, self.optimizer, self.device = module, optimizer, device
-        self.amp = amp and device.type == "cuda"
+        self.amp = amp
         self.channels_last = channels_last
         self.world_size, self.global_batch = world_size, global_batch
 
@@ -63,7 +64,7 @@ class TrainStep:
             group["lr"] = lr
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        with training_autocast(self.device.type, self.amp):
             logits = self.module(x)
         loss = F.cross_entropy(logits.float(), y)
         scaled = loss
