@@ -35,7 +35,7 @@ WRITE_DELAY = 0.1        # seconds each atomic write pauses before its rename (O
 def train_argv(data_dir: Path, run_dir: Path, epochs: int = EPOCHS) -> list[str]:
     return ["train", "--data-dir", str(data_dir), "--depth", "8", "--width", "1", "--epochs", str(epochs),
             "--batch-size", "50", "--eval-batch-size", "50", "--seed", "3", "--num-threads", "1",
-            "--no-progress", "--run-dir", str(run_dir)]
+            "--amp", "--no-progress", "--run-dir", str(run_dir)]   # bf16 autocast: its resumes are exact too
 
 
 def resume_argv(run_dir: Path) -> list[str]:

@@ -23,9 +23,10 @@ def weights(run_dir):
     return load_checkpoint(run_dir).model_state
 
 
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("norm", ["none", "bn"])
-def test_resumed_run_ends_with_identical_weights(tiny_cifar10, tmp_path, norm):
-    cfg = tiny(tiny_cifar10, norm=norm, schedule="restarts" if norm == "bn" else "cosine")
+def test_resumed_run_ends_with_identical_weights(tiny_cifar10, tmp_path, norm, amp):
+    cfg = tiny(tiny_cifar10, norm=norm, schedule="restarts" if norm == "bn" else "cosine", amp=amp)
     train(cfg, tmp_path / "straight", progress=False)
     stopped = train(cfg, tmp_path / "split", progress=False, stop_after=1)
     assert stopped["stopped_at_epoch"] == 1
