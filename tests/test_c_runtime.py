@@ -215,3 +215,24 @@ def test_refuses_32bit_layers_and_fingerprint_tracks_weights(tmp_path):
     with torch.no_grad():
         a.stem.weight[0, 0, 0, 0] *= -1
     assert model_fingerprint(a) != fp
+
+
+@needs_cc
+def test_demo_refuses_labels_outside_the_classes_and_raw_without_int(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(WRNConfig(depth=8, width=1)).eval()
+    out = export_c(model, tmp_path / "c")
+    exe = build(out, "demo", [])
+    images = torch.randint(0, 256, (3, 3 * 32 * 32), dtype=torch.uint8)
+    good = torch.cat([torch.tensor([[1], [9], [0]], dtype=torch.uint8), images], 1)
+    (tmp_path / "good.bin").write_bytes(good.numpy().tobytes())
+    res = subprocess.run([str(exe), "--labels", str(tmp_path / "good.bin")], capture_output=True, text=True)
+    assert res.returncode == 0 and "accuracy" in res.stdout
+    bad = good.clone()
+    bad[1, 0] = 10                                   # one past the last class of CIFAR-10
+    (tmp_path / "bad.bin").write_bytes(bad.numpy().tobytes())
+    res = subprocess.run([str(exe), "--labels", str(tmp_path / "bad.bin")], capture_output=True, text=True)
+    assert res.returncode == 1 and "accuracy" not in res.stdout
+    assert res.stderr.strip().count("\n") == 0 and "image 1 has label 10, outside the model's 10 classes" in res.stderr
+    res = subprocess.run([str(exe), "--raw", str(tmp_path / "good.bin")], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stdout == "" and "--raw prints the integer mode's logits" in res.stderr

@@ -29,9 +29,12 @@ def test_export_bin_writes_the_raw_layout_and_cifar_records(tiny_cifar10, tmp_pa
     records = np.frombuffer(labels.read_bytes(), dtype=np.uint8).reshape(7, 1 + 3072)
     assert np.array_equal(records[:, 0], split.labels[:7].numpy())
     assert np.array_equal(records[:, 1:], raw.reshape(7, 3072))
-    # the whole training split (5 x 40 images) without --limit
-    assert main(["data", "export-bin", "--split", "train", "--data-dir", str(tiny_cifar10), "-o", str(out)]) == 0
-    assert out.stat().st_size == 200 * 3072
+    # an existing file is replaced only with --force; the whole training split (5 x 40 images) without --limit
+    assert main(["data", "export-bin", "--split", "train", "--data-dir", str(tiny_cifar10), "-o", str(out)]) == 1
+    assert "exists; pass --force" in capsys.readouterr().err and out.stat().st_size == 7 * 3072
+    assert main(["data", "export-bin", "--split", "train", "--data-dir", str(tiny_cifar10), "-o", str(out),
+                 "--force"]) == 0
+    assert out.stat().st_size == 200 * 3072 and not list(tmp_path.glob("*.tmp"))
 
 
 def test_export_bin_bad_input_is_one_line(tiny_cifar10, tmp_path, capsys):
@@ -40,7 +43,7 @@ def test_export_bin_bad_input_is_one_line(tiny_cifar10, tmp_path, capsys):
     assert main(["data", "export-bin", "--data-dir", str(tiny_cifar10), "-o", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("onebit data: error: --limit must be >= 0")
-    assert err[1].startswith(f"onebit data: error: cannot write {tmp_path}")
+    assert err[1] == f"onebit data: error: {tmp_path} is a folder; give a file name"
 
 
 @pytest.fixture(scope="module")

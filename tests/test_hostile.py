@@ -47,10 +47,16 @@ def _cifar(folder: Path, dtype=np.uint8, scale: float = 1.0) -> Path:
     return folder
 
 
-def _checkpoint(path: Path, model_config=None, state=None, train_config=None, raw_config=None, **meta) -> Path:
-    """A checkpoint of MODEL whose metadata may be replaced by hostile values."""
+def _checkpoint(path: Path, model_config=None, state=None, train_config=None, raw_config=None, poison=None,
+                **meta) -> Path:
+    """A checkpoint of MODEL whose metadata may be replaced by hostile values (``poison``: a value written
+    into the first conv weight)."""
     model = build_model(MODEL)
     tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    if poison is not None:
+        first = next(k for k in tensors if k.endswith("weight"))
+        tensors[first] = tensors[first].clone()
+        tensors[first].view(-1)[0] = poison
     metadata = {"format": "onebit-checkpoint", "version": "1",
                 "model_config": json.dumps(model_config if model_config is not None else MODEL.to_dict()),
                 "train_config": json.dumps(train_config if train_config is not None else {}),
@@ -135,6 +141,36 @@ def ws(tmp_path_factory) -> Path:
     for name, text in sweeps.items():
         path = root / f"{name}.toml"
         path.write_bytes(os.urandom(64) + b"\xff\xfe" if text is None else text.encode())
+    # issue 23: resumes that do not match their checkpoint, damaged configs, impossible constants
+    for name, ckpt_cfg, config in [("edited", cfg.to_dict(), {**cfg.to_dict(), "seed": 7}),
+                                   ("foreign_ckpt", {**cfg.to_dict(), "lr": 0.05}, cfg.to_dict())]:
+        r = RunDir(root / name)
+        save_checkpoint(r.checkpoint, model, cfg.model_config(), None, ckpt_cfg,
+                        {"epoch": 1, "step": 2, "finished": False, "best": {}, "elapsed_s": 1.0})
+        r.write_config(config)
+        r.write_metrics([{"epoch": 1, "train_loss": 2.3}])
+    r = RunDir(root / "no_depth")
+    r.path.mkdir()
+    r.write_config({k: v for k, v in cfg.to_dict().items() if k != "depth"})
+    bn = build_model(WRNConfig(depth=8, width=1, norm="bn"))
+    for name, value in [("bn_nan", float("nan")), ("bn_negative_var", -1.0)]:
+        bad = build_model(WRNConfig(depth=8, width=1, norm="bn"))
+        bad.load_state_dict(bn.state_dict())
+        next(m for m in bad.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_var[0] = value
+        save_packed(bad, root / f"{name}.onebit")
+    _checkpoint(root / "weight_inf.safetensors", train_config=cfg.to_dict(), poison=float("inf"))
+    os.mkfifo(root / "fifo")
+    import sqlite3
+    with sqlite3.connect(root / "foreign.db") as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+        db.execute("INSERT INTO notes VALUES ('mine')")
+    import shutil
+    shutil.copy(root / "runs.db", root / "text_acc.db")
+    with sqlite3.connect(root / "text_acc.db") as db:
+        db.execute("UPDATE runs SET test_acc = 'high'")
+    db.close()
+    (root / "huge_grid.toml").write_text('[base]\npreset = "cifar10-tiny"\n[grid]\nseed = %s\nlr = %s\n'
+                                         % (list(range(1000)), [0.01 * (i + 1) for i in range(1000)]))
     import scipy.io
     scipy.io.savemat(root / "compressed.mat", {"x": np.zeros((200, 200))}, do_compression=True)
     raw = bytearray((root / "compressed.mat").read_bytes())
@@ -279,6 +315,53 @@ CASES = [
     ("sweep-binary-file", ["sweep", "{ws}/binary.toml", "--dry-run"], "not valid TOML"),
     ("sweep-missing-file", ["sweep", "{ws}/missing.toml", "--dry-run"], "not found"),
     ("sweep-jobs-zero", ["sweep", "{ws}/ok.toml", "--jobs", "0"], "--jobs must be >= 1"),
+    # issue 23: upper bounds on what sizes work
+    ("train-num-threads-huge", ["train", "--num-threads", "1000000", "--run-dir", "{ws}/new"],
+     "num_threads = 1000000 is above the limit of 1024"),
+    ("train-num-threads-5000", ["train", "--num-threads", "5000", "--run-dir", "{ws}/new"], "num_threads"),
+    ("train-depth-huge", ["train", "--depth", "200000", "--run-dir", "{ws}/new"], "depth = 200000 is above"),
+    ("train-width-huge", ["train", "--width", "1000000", "--run-dir", "{ws}/new"], "width = 1000000 is above"),
+    ("train-net-too-big", ["train", "--depth", "998", "--width", "100", "--run-dir", "{ws}/new"], "conv weights"),
+    ("train-lr-huge", ["train", "--lr", "1e300", "--run-dir", "{ws}/new"], "lr = 1e+300 is above the limit"),
+    ("train-epochs-huge", ["train", "--epochs", "10000000", "--run-dir", "{ws}/new"], "epochs = 10000000"),
+    ("sweep-grid-huge", ["sweep", "{ws}/huge_grid.toml", "--dry-run"], "1,000,000 points"),
+    # issue 23: a resume must match its checkpoint; recorded configs are complete
+    ("train-resume-edited-config", ["train", "--resume", "{ws}/edited", "--num-threads", "1", "--no-progress"], "seed: 0 -> 7"),
+    ("train-resume-foreign-checkpoint", ["train", "--resume", "{ws}/foreign_ckpt"], "lr: 0.05 -> 0.1"),
+    ("train-resume-config-without-depth", ["train", "--resume", "{ws}/no_depth"], "lacks depth"),
+    ("train-resume-change-epochs", ["train", "--resume", "{ws}/run", "--epochs", "5"], "cannot change epochs"),
+    ("train-stop-after-beyond-epochs", ["train", *T, "--stop-after", "3", "--run-dir", "{ws}/new"],
+     "--stop-after 3 is beyond the run's 1 epochs"),
+    ("train-run-dir-is-a-file", ["train", *T, "--data-dir", "{ws}/data", "--run-dir", "{ws}/afile"],
+     "is a file, not a run directory"),
+    # issue 23: impossible constants, non-regular files
+    ("eval-packed-bn-nan", ["eval", "{ws}/bn_nan.onebit"], "NaN or infinite"),
+    ("eval-packed-negative-variance", ["eval", "{ws}/bn_negative_var.onebit"], "negative variances"),
+    ("export-onnx-bn-nan", ["export", "{ws}/bn_nan.onebit", "--format", "onnx", "-o", "{ws}/x.onnx"], "NaN"),
+    ("export-c-bn-nan", ["export", "{ws}/bn_nan.onebit", "--format", "c", "-o", "{ws}/cnan"], "NaN"),
+    ("eval-checkpoint-inf-weight", ["eval", "{ws}/weight_inf.safetensors"], "NaN or infinite"),
+    ("eval-fifo", ["eval", "{ws}/fifo"], "is not a regular file"),
+    ("eval-dev-zero", ["eval", "/dev/zero"], "is not a regular file"),
+    # issue 23: never touch what is refused, never overwrite without --force
+    ("sweep-foreign-store", ["sweep", "{ws}/ok.toml", "--store", "{ws}/foreign.db"], "not a onebit results store"),
+    ("data-export-bin-existing", ["data", "export-bin", "--data-dir", "{ws}/data", "-o", "{ws}/afile"],
+     "pass --force"),
+    ("data-export-bin-same-file", ["data", "export-bin", "--data-dir", "{ws}/data", "-o", "{ws}/new.bin",
+                                   "--labels", "{ws}/new.bin"], "same file"),
+    # issue 23: no silent clamps or ignored options
+    ("eval-calibrate-huge", ["eval", "{ws}/run", "--engine", "c", "--c-mode", "int", "--calibrate", "1000000000"],
+     "above the 50,000 training images"),
+    ("eval-calibrate-float-mode", ["eval", "{ws}/run", "--engine", "c", "--calibrate", "100"], "integer mode only"),
+    ("eval-c-mode-with-torch", ["eval", "{ws}/run", "--c-mode", "int"], "C runtime only"),
+    ("export-calibrate-huge", ["export", "{ws}/m.onebit", "--format", "c", "-o", "{ws}/c3", "--calibrate",
+                               "1000000000"], "above the 50,000"),
+    ("export-calibrate-packed", ["export", "{ws}/m.onebit", "-o", "{ws}/p.onebit", "--calibrate", "10"],
+     "--format c only"),
+    ("bench-calibrate-negative", ["bench", "wrn-8-1", "--calibrate", "-1", "-o", "{ws}/b"], "calibrate"),
+    ("bench-subjects-empty", ["bench", "wrn-8-1", "--subjects", "", "-o", "{ws}/b"], "no benchmark subjects"),
+    # issue 23: stores are validated as they are read
+    ("runs-text-accuracy", ["runs", "{ws}/text_acc.db"], "test_acc = 'high' is not a number"),
+    ("report-text-accuracy", ["report", "{ws}/text_acc.db", "-o", "{ws}/rep"], "is not a number"),
     # import-reference (item 8)
     ("import-empty-mat", ["import-reference", "{ws}/empty.mat", "-o", "{ws}/x.onebit"], "MATLAB"),
     ("import-bit-flipped-mat", ["import-reference", "{ws}/flipped.mat", "-o", "{ws}/x.onebit"], "MATLAB"),
@@ -288,11 +371,16 @@ CASES = [
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
+    """Every entry under ``root``: regular files by content hash, folders and others (FIFOs) by kind."""
     out = {}
-    for dirpath, _, files in os.walk(root):
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs:
+            out[str((Path(dirpath) / name).relative_to(root)) + "/"] = "folder"
         for name in files:
             path = Path(dirpath) / name
-            if not path.is_symlink():
+            if path.is_symlink() or not path.is_file():
+                out[str(path.relative_to(root))] = "other"
+            else:
                 out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
 
@@ -332,6 +420,10 @@ def test_hostile_input_gives_one_line_and_changes_nothing(ws, case, monkeypatch)
     after = tree_hashes(ws)
     changed = sorted(k for k in before if after.get(k) != before[k])
     assert not changed, f"files changed or removed: {changed}"
+    # a run directory's lock file stays once a process has held it (removing it would race another writer);
+    # SQLite's own -wal/-shm files appear beside a WAL store that is only read
+    added = sorted(k for k in set(after) - set(before) if not k.endswith(("/.lock", ".db-wal", ".db-shm")))
+    assert not added, f"a refused command left new files: {added}"
 
 
 @pytest.mark.parametrize("argv, expected", [

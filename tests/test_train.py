@@ -156,3 +156,46 @@ def test_learns_real_cifar10_well_above_chance(cifar10_dir, tmp_path):
                       seed=0)
     result = train(cfg, tmp_path / "run", progress=False)
     assert result["test_acc"] > 0.25, result  # chance is 0.10; one SE on 1000 images is ~1.5 points
+
+
+def test_resume_refuses_a_checkpoint_trained_under_other_settings(tiny_cifar10, tmp_path):
+    cfg = tiny(tiny_cifar10, epochs=3)
+    train(cfg, tmp_path / "run", progress=False, stop_after=1)
+    before = (tmp_path / "run" / "checkpoint.safetensors").read_bytes()
+    for changes, named in [({"seed": 2}, "seed: 1 -> 2"), ({"lr": 0.05}, "lr: 0.1 -> 0.05"),
+                           ({"epochs": 4}, "epochs: 3 -> 4"), ({"flip": False}, "flip: True -> False")]:
+        with pytest.raises(ConfigError, match=named):
+            train(cfg.replace(**changes), tmp_path / "run", resume=True, progress=False)
+    assert (tmp_path / "run" / "checkpoint.safetensors").read_bytes() == before
+    # settings that do not change results may differ
+    train(cfg.replace(num_threads=1, eval_batch_size=7), tmp_path / "run", resume=True, progress=False,
+          stop_after=2)
+    assert load_checkpoint(tmp_path / "run").state["epoch"] == 2
+
+
+def test_changed_settings_counts_settings_a_checkpoint_predates_at_their_default():
+    from onebit.train.loop import changed_settings
+
+    current = TrainConfig(depth=8, width=1).to_dict()
+    old = {k: v for k, v in current.items() if k not in ("crop_size", "bn_recompute")}
+    assert changed_settings(old, current) == ""
+    assert changed_settings(old, {**current, "crop_size": 64}) == "crop_size: 224 -> 64"
+    assert changed_settings({**current, "data_dir": "/elsewhere", "num_threads": 9}, current) == ""
+    assert changed_settings({}, current) == "it records no training configuration"
+
+
+@pytest.mark.parametrize("option, at_limit, above", [
+    ("num_threads", 1024, 1025), ("depth", 998, 1004), ("width", 1000, 1001), ("lr", 100.0, 101.0),
+    ("epochs", 100_000, 100_001), ("weight_decay", 1.0, 2.0), ("eval_batch_size", 100_000, 100_001),
+])
+def test_every_option_that_sizes_work_has_an_upper_bound(option, at_limit, above):
+    with pytest.raises(ConfigError, match=f"{option} = {above} is above the limit of"):
+        TrainConfig(**{option: above})
+    if option not in ("depth", "width"):         # a net that deep or wide is refused by its weight count
+        assert getattr(TrainConfig(**{option: at_limit}), option) == at_limit
+
+
+def test_a_network_too_large_to_train_is_refused_before_it_is_built():
+    with pytest.raises(ConfigError, match="conv weights, above the limit"):
+        TrainConfig(depth=200, width=200)
+    assert TrainConfig(depth=20, width=10).model_config().conv_weight_estimate() < 3e7   # the paper's WRN-20-10

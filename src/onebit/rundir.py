@@ -33,6 +33,7 @@ import it.
 from __future__ import annotations
 
 import errno
+import glob
 import itertools
 import json
 import os
@@ -98,6 +99,29 @@ def temp_path(path: str | Path) -> Path:
     """A fresh temporary name beside ``path`` (``<name>.<pid>.<n>.tmp``)."""
     path = Path(path)
     return path.with_name(f"{path.name}.{os.getpid()}.{next(_counter)}{TMP_SUFFIX}")
+
+
+def remove_orphan_temps(path: str | Path) -> list[Path]:
+    """Delete the temporary files of ``path`` (``<name>.<pid>.<n>.tmp``) whose writing process is gone
+    (killed mid-write); a live writer's files are left alone. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f"{glob.escape(path.name)}.*.*{TMP_SUFFIX}"):
+        pid = tmp.name[len(path.name) + 1:].split(".")[0]
+        if pid.isdigit() and not _pid_alive(int(pid)) and tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid != 0
+    return True
 
 
 @contextmanager
@@ -295,6 +319,21 @@ class RunDir:
             if tmp.is_file():
                 tmp.unlink(missing_ok=True)
 
+    def remove_if_unused(self) -> None:
+        """Remove this folder if it holds nothing but its lock file (a run refused before its first write)."""
+        try:
+            entries = {p.name for p in self.path.iterdir()}
+        except OSError:
+            return
+        if entries <= {self.lock_file.name} and self.try_acquire():
+            try:
+                self.lock_file.unlink(missing_ok=True)
+                self.path.rmdir()
+            except OSError:
+                pass
+            finally:
+                self.release()
+
     def clear_partial(self) -> None:
         """Remove the metrics of a run killed before its first checkpoint: a clean restart."""
         self.metrics.unlink(missing_ok=True)
@@ -314,6 +353,8 @@ class RunDir:
 
     def try_acquire(self) -> bool:
         """Take the lock if free (True) or if this process already holds it; False if another holds it."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"{self.path} is a file, not a run directory; pick another folder")
         self.path.mkdir(parents=True, exist_ok=True)
         key = os.path.realpath(self.lock_file)
         if key in _held:

@@ -25,11 +25,33 @@ def atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path
             raise CheckpointError(f"{path}: could not be written ({exc})") from None
 
 
+def missing_file_reason(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a model file (None if it is a regular file): absent, or something
+    that exists but is not a regular file (a folder, FIFO, device such as /dev/zero, socket)."""
+    if path.is_file():
+        return None
+    if not path.exists():
+        return "no such file"
+    return "is a folder, not a model file" if path.is_dir() else "is not a regular file (a FIFO, device or socket)"
+
+
+def check_finite_constants(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The first problem with a model's constants, or None: every floating tensor finite, and BN running
+    variances >= 0 (a NaN or negative variance makes every prediction NaN, and C code that does not compile)."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"tensor {name!r} holds NaN or infinite values"
+        if name.endswith("running_var") and bool((tensor < 0).any()):
+            return f"tensor {name!r} holds negative variances"
+    return None
+
+
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Load tensors and metadata of a safetensors file, turning every failure into CheckpointError."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
+    reason = missing_file_reason(path)
+    if reason:
+        raise CheckpointError(f"{path}: {reason}")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})

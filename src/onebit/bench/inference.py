@@ -37,6 +37,7 @@ import torch
 from onebit.errors import ConfigError, DataError, OnebitError
 from onebit.export.c_program import lower
 from onebit.bench.machine import matmul_gflops
+from onebit.export.fixed_point import MAX_CALIBRATION
 from onebit.models import WRNConfig, build_model, parse_wrn_name
 
 SUBJECTS = ("torch-bn-fp32", "torch-1bit", "onnxruntime", "c-float", "c-int")
@@ -311,8 +312,14 @@ def run_benchmark(cfg: BenchConfig, log=print, command: str = "") -> dict:
     for s in cfg.subjects:
         if s not in SUBJECTS:
             raise ConfigError(f"unknown benchmark subject {s!r}; choose from {', '.join(SUBJECTS)}")
+    if not cfg.subjects:
+        raise ConfigError(f"no benchmark subjects given; choose from {', '.join(SUBJECTS)}")
     if cfg.runs < 1 or cfg.batch < 1 or cfg.batch > 64 or cfg.batch_runs < 1 or cfg.threads < 1:
         raise ConfigError("need runs >= 1, 1 <= batch <= 64, batch_runs >= 1, threads >= 1")
+    if not 1 <= cfg.calibrate <= MAX_CALIBRATION or cfg.threads > 1024 or cfg.runs > 100_000 \
+            or cfg.batch_runs > 100_000:
+        raise ConfigError(f"need 1 <= calibrate <= {MAX_CALIBRATION}, threads <= 1024, runs and batch_runs "
+                          f"<= 100000 (got calibrate {cfg.calibrate}, threads {cfg.threads})")
     images, calib, note = _images(cfg)
     load_start = os.getloadavg()
     log(f"inference benchmark: {', '.join(cfg.models)}; {note}; load average {load_start[0]:.2f}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from onebit.errors import OnebitError
@@ -29,12 +30,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("-o", "--output", required=True, metavar="IMAGES", help="raw image file to write")
     e.add_argument("--labels", default=None, metavar="LABELS",
                    help="also write the images with a label byte before each (CIFAR-10 .bin layout) here")
+    e.add_argument("--force", action="store_true", help="replace existing output files")
     e.set_defaults(func=run_export_bin)
 
 
 def _write(path: Path, data: bytes) -> None:
+    from onebit.rundir import atomic_write_bytes
+
     try:
-        path.write_bytes(data)
+        atomic_write_bytes(path, data)
     except OSError as exc:
         raise OnebitError(f"cannot write {path}: {exc.strerror or exc}") from None
 
@@ -46,6 +50,14 @@ def run_export_bin(args: argparse.Namespace) -> int:
 
     if args.limit < 0:
         raise OnebitError(f"--limit must be >= 0, got {args.limit}")
+    outputs = [Path(args.output)] + ([Path(args.labels)] if args.labels else [])
+    if len(outputs) == 2 and os.path.abspath(outputs[0]) == os.path.abspath(outputs[1]):
+        raise OnebitError(f"-o and --labels name the same file {args.output}; give two names")
+    for path in outputs:
+        if path.is_dir():
+            raise OnebitError(f"{path} is a folder; give a file name")
+        if path.exists() and not args.force:
+            raise OnebitError(f"{path} exists; pass --force to replace it")
     split = load_cifar(args.dataset, args.data_dir, train=args.split == "train")
     n = min(args.limit, len(split)) if args.limit else len(split)
     images = np.ascontiguousarray(split.images[:n].numpy(), dtype=np.uint8)       # (n, 3, 32, 32)

@@ -26,22 +26,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--engine", choices=("torch", "c"), default="torch",
                    help="torch: PyTorch; c: the onebit C runtime via its Python binding (exported and compiled "
                         "with the system cc on first use, cached)")
-    c.add_argument("--c-mode", choices=("float", "int"), default="float",
+    c.add_argument("--c-mode", choices=("float", "int"), default=None,
                    help="C runtime arithmetic: float32, or int16 fixed point calibrated on training images")
-    c.add_argument("--calibrate", type=int, default=256, metavar="N",
-                   help="training images that choose the integer mode's scales")
+    c.add_argument("--calibrate", type=int, default=None, metavar="N",
+                   help="training images that choose the integer mode's scales (default: 256)")
     c.add_argument("--c-sources", default=None, metavar="DIR",
                    help="compile this `onebit export --format c` folder instead of exporting MODEL; refused "
                         "if it was generated from another model")
-    c.add_argument("--threads", type=int, default=1, help="C runtime threads")
+    c.add_argument("--threads", type=int, default=None, help="C runtime threads (default: 1)")
     p.set_defaults(func=run)
 
 
+C_DEFAULTS = {"c_mode": "float", "calibrate": 256, "c_sources": None, "threads": 1}
+
+
 def check_options(args: argparse.Namespace) -> None:
+    from onebit.export.fixed_point import MAX_CALIBRATION
+
+    if args.engine != "c":
+        given = [f"--{k.replace('_', '-')}" for k in C_DEFAULTS if getattr(args, k) is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} applies to the C runtime only; add --engine c or drop it")
+    for key, value in C_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     for flag, value, low in (("--batch-size", args.batch_size, 1), ("--calibrate", args.calibrate, 1),
                              ("--threads", args.threads, 1)):
         if value < low:
             raise ConfigError(f"{flag} must be >= {low}, got {value}")
+    if args.calibrate > MAX_CALIBRATION:
+        raise ConfigError(f"--calibrate {args.calibrate} is above the {MAX_CALIBRATION:,} training images")
+    if args.c_mode != "int" and args.calibrate != C_DEFAULTS["calibrate"]:
+        raise ConfigError("--calibrate applies to the integer mode only; add --c-mode int or drop it")
     check_device_name(args.device)
 
 

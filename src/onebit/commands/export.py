@@ -8,7 +8,7 @@ from pathlib import Path
 
 from onebit.errors import ConfigError
 from onebit.export.targets import HOST, TARGETS
-from onebit.rundir import CHECKPOINT
+from onebit.rundir import CHECKPOINT, remove_orphan_temps
 
 C_EXPORT_MARKER = "onebit_model.json"      # written by onebit.export.c_runtime.export_c
 
@@ -98,8 +98,16 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     source = Path(args.model)
     check_output(out, source / CHECKPOINT if source.is_dir() else source, args.format, args.force)
+    if args.format != "c":
+        remove_orphan_temps(out)          # left by an export that was killed while writing
+    from onebit.export.fixed_point import MAX_CALIBRATION
+
     if args.calibrate < 0:
         raise ConfigError(f"--calibrate must be >= 0 (0: float mode only), got {args.calibrate}")
+    if args.calibrate > MAX_CALIBRATION:
+        raise ConfigError(f"--calibrate {args.calibrate} is above the {MAX_CALIBRATION:,} training images")
+    if args.calibrate and args.format != "c":
+        raise ConfigError(f"--calibrate applies to --format c only (got --format {args.format})")
     model, info = load_model_file(args.model)
     if args.format == "packed":
         from onebit.export.packed import save_packed

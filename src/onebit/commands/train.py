@@ -66,10 +66,10 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
             raise ConfigError(f"--resume {args.resume}: no such run directory")
         base = directory.read_config()
         changed = {k for k, v in overrides.items()
-                   if k not in NOT_RESULT_SETTINGS | {"epochs"} and base.get(k) != v}
+                   if k not in NOT_RESULT_SETTINGS and base.get(k) != v}
         if changed:
             raise ConfigError(f"--resume cannot change {', '.join(sorted(changed))}; start a new run instead")
-        return TrainConfig.from_dict({**base, **overrides}, source=str(directory.config))
+        return TrainConfig.from_dict({**base, **overrides}, source=str(directory.config), recorded=True)
     if args.preset:
         return get_preset(args.preset, **overrides)
     return TrainConfig.from_dict(overrides)
@@ -79,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     from onebit.train.loop import train
 
     cfg = resolve_config(args)
+    if args.stop_after is not None and args.stop_after > cfg.epochs:
+        raise ConfigError(f"--stop-after {args.stop_after} is beyond the run's {cfg.epochs} epochs")
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not (args.resume or args.run_dir):
         raise ConfigError("under torchrun pass --run-dir (every rank must name the same folder)")

@@ -102,10 +102,10 @@ class ResultsStore:
                                           timeout=BUSY_TIMEOUT_S, isolation_level=None)
             self.db.row_factory = sqlite3.Row
             self.db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            self.db.execute("PRAGMA foreign_keys = ON")
+            self._init_schema(existing)       # refuses a foreign file before anything is written to it
             if create:
                 self.db.execute("PRAGMA journal_mode = WAL")
-            self.db.execute("PRAGMA foreign_keys = ON")
-            self._init_schema(existing)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: not a usable results store ({exc})") from None
 
@@ -229,16 +229,39 @@ class ResultsStore:
             raise StoreError(f"{self.path}: corrupt results store ({exc})") from None
 
     def epochs(self, config_hash: str) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT * FROM epochs WHERE config_hash = ? ORDER BY epoch", (config_hash,))
-        return [{k: r[k] for k in r.keys() if k != "config_hash"} for r in rows]
+        with self.reading():
+            rows = self.db.execute("SELECT * FROM epochs WHERE config_hash = ? ORDER BY epoch", (config_hash,))
+            out = [{k: r[k] for k in r.keys() if k != "config_hash"} for r in rows]
+            for row in out:
+                _check_numbers(row, ("epoch", *EPOCH_COLUMNS), f"epochs row of {config_hash}")
+            return out
 
     def columns(self) -> list[str]:
         return [r[1] for r in self.db.execute("PRAGMA table_info(runs)")]
 
     @staticmethod
     def _decode(row: sqlite3.Row) -> dict[str, Any]:
+        """A run row as a dict; a value of the wrong kind (text where a number belongs, a config that is not
+        a JSON object) raises ValueError, which ``reading`` turns into one line."""
         out = {k: row[k] for k in row.keys()}
+        _check_numbers(out, NUMERIC_RUN_COLUMNS, f"run {out.get('config_hash')}")
         out["config"] = json.loads(out.pop("config_json"))
         out["final"] = json.loads(out.pop("final_json"))
         out["versions"] = json.loads(out.pop("versions_json") or "{}")
+        for key in ("config", "final", "versions"):
+            if not isinstance(out[key], dict):
+                raise ValueError(f"run {out.get('config_hash')}: {key} is not a JSON object")
         return out
+
+
+NUMERIC_RUN_COLUMNS = ("depth", "width", "weight_bits", "epochs", "seed", "test_acc", "test_top5", "test_loss",
+                       "val_acc", "val_top5", "val_loss", "best_value", "best_epoch", "wall_time_s",
+                       "train_images_per_s")
+
+
+def _check_numbers(row: dict[str, Any], columns: tuple[str, ...], where: str) -> None:
+    """Every listed column of ``row`` NULL or a number (SQLite stores whatever it is given)."""
+    for col in columns:
+        value = row.get(col)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise ValueError(f"{where}: {col} = {value!r} is not a number")

@@ -38,6 +38,7 @@ The config hash leaves data_dir out, so the same run has the same hash on every 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ from onebit.train.config import TrainConfig
 from onebit.train.precision import resolve_amp
 
 TABLES = {"sweep", "base", "grid", "rule", "exclude", "include"}
+MAX_RUNS = 10_000        # grid points + includes of one sweep file: checked before anything is expanded
 SWEEP_KEYS = {"name", "store", "runs", "description"}
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)")
 
@@ -203,6 +205,10 @@ def load_sweep(path: str | Path) -> Sweep:
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: grid axis {key!r} must be a non-empty list")
+    points = math.prod(len(v) for v in grid.values()) if grid else 0
+    if points + len(data.get("include", [])) > MAX_RUNS:
+        raise ConfigError(f"{path}: the grid has {points:,} points (+ {len(data.get('include', []))} includes), "
+                          f"above the limit of {MAX_RUNS:,} runs per sweep file")
     rules = data.get("rule", [])
     for i, rule in enumerate(rules):
         if set(rule) != {"when", "set"} or not isinstance(rule["when"], dict) or not isinstance(rule["set"], dict):

@@ -29,6 +29,7 @@ from onebit.errors import ConfigError
 from onebit.export.c_program import Program, conv_pm1, pool_sum_count, raw_name, run_program
 
 QMAX = 32767                  # int16 tensors saturate at +-QMAX
+MAX_CALIBRATION = 50_000      # calibration images come from the CIFAR training split, which has 50,000
 HEADROOM = 2.0                # calibrated range x 2 must fit
 LOGIT_HEADROOM = 4.0
 

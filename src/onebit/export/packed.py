@@ -45,7 +45,7 @@ from onebit.errors import PackedModelError
 from onebit.models import WRNConfig, WideResNet
 from onebit.models.limits import meta_model, parse_model_config
 from onebit.nn import unwrap
-from onebit.safetensors_io import atomic_save
+from onebit.safetensors_io import atomic_save, check_finite_constants, missing_file_reason
 
 FORMAT = "onebit-packed"
 VERSION = "1"
@@ -146,8 +146,9 @@ def load_packed(path: str | Path) -> tuple[WideResNet, dict[str, Any]]:
 
 
 def _load(path: Path) -> tuple[WideResNet, dict[str, Any]]:
-    if not path.is_file():
-        raise PackedModelError("no such file")
+    reason = missing_file_reason(path)
+    if reason:
+        raise PackedModelError(reason)
     try:
         handle = safe_open(str(path), framework="pt")
     except (SafetensorError, OSError, ValueError, RuntimeError, UnicodeError) as exc:
@@ -202,6 +203,9 @@ def _load(path: Path) -> tuple[WideResNet, dict[str, Any]]:
 
     if _checksum(arrays, metadata["model_config"], metadata["extra"]) != metadata["sha256"]:
         raise PackedModelError("checksum mismatch: the file is corrupt")
+    problem = check_finite_constants({k: torch.from_numpy(a) for k, a in arrays.items() if a.dtype.kind == "f"})
+    if problem:
+        raise PackedModelError(problem)
 
     with torch.device("meta"):
         model = WideResNet(config)

@@ -104,6 +104,11 @@ class WRNConfig:
     def stage_channels(self) -> tuple[int, ...]:
         return tuple(c * self.width for c in self.stage_widths)
 
+    def conv_weight_estimate(self) -> int:
+        """Weights of the residual stages' 3x3 convolutions, 2 x 9 x C_s^2 per block (within ~10% of the
+        whole network's count): cheap enough to bound a requested size before anything is built."""
+        return sum(self.blocks_per_stage * 2 * 9 * c * c for c in self.stage_channels)
+
     @property
     def bn_affine(self) -> bool:
         """BN layers learn scale and offset only in the ImageNet nets of ICLR 2018."""

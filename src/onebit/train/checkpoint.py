@@ -20,7 +20,7 @@ from onebit.models import WRNConfig, WideResNet, build_model
 from onebit.models.limits import meta_model, parse_model_config
 from onebit.nn import unwrap
 from onebit.rundir import CHECKPOINT
-from onebit.safetensors_io import atomic_save, read_safetensors
+from onebit.safetensors_io import atomic_save, check_finite_constants, read_safetensors
 
 FORMAT = "onebit-checkpoint"
 VERSION = "1"
@@ -96,6 +96,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         if tuple(model_state[key].shape) != shape:
             raise CheckpointError(f"{path}: tensor model.{key} has shape {list(model_state[key].shape)}, "
                                   f"expected {list(shape)} for {model_config.name}")
+    problem = check_finite_constants({**model_state, **{f"optim.{k}": v for k, v in optim_state.items()}})
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
     return Checkpoint(model_config, train_config, state, model_state, optim_state)
 
 

@@ -25,6 +25,17 @@ ADDED_FIELDS = {"classes", "crop_size", "resize_size"}  # hashed only when not a
 # Settings that do not change a run's results (paths, devices, speed options): left out of the config hash,
 # ignored when grouping runs into variants, and the ones a resumed run may change.
 NOT_RESULT_SETTINGS = frozenset({"data_dir", "device", "num_threads", "eval_batch_size", "compile", "workers"})
+# Settings every run's config.json has recorded since the first release (they define the network and its
+# schedule): a recorded config without one of them is damaged, not old.
+RECORDED_ALWAYS = ("dataset", "depth", "width", "norm", "weight_bits", "epochs", "schedule", "lr", "batch_size",
+                   "seed")
+# Upper bounds on what sizes work (threads, memory, time): far beyond any real run, low enough that a typo
+# is refused in one line instead of hanging, crashing or asking for petabytes.
+LIMITS = {"num_threads": 1024, "workers": 256, "epochs": 100_000, "first_cycle": 100_000,
+          "batch_size": 1_000_000, "eval_batch_size": 100_000, "depth": 1_000, "width": 1_000,
+          "classes": 100_000, "crop_size": 4_096, "resize_size": 4_096, "lr": 100.0, "weight_decay": 1.0,
+          "temperature": 1e6}
+MAX_CONV_WEIGHTS = 1_000_000_000     # ~4 GB of float32 weights, ~12 GB with gradients and momentum
 
 
 def option(default: Any, help: str) -> Any:
@@ -109,8 +120,15 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        for name, limit in LIMITS.items():
+            value = getattr(self, name)
+            if value is not None and value > limit:
+                raise ConfigError(f"{name} = {value} is above the limit of {limit}")
         check_device_name(self.device)
-        self.model_config()
+        weights = self.model_config().conv_weight_estimate()
+        if weights > MAX_CONV_WEIGHTS:
+            raise ConfigError(f"depth {self.depth} x width {self.width} means ~{weights:.3g} conv weights, above "
+                              f"the limit of {MAX_CONV_WEIGHTS:.0e}")
 
     def _check_types(self) -> None:
         """Every value of the type its field declares; numbers finite, integers within MAX_DIM where they
@@ -154,8 +172,12 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> "TrainConfig":
-        """A validated config from a dict (e.g. decoded JSON); ``source`` names the input in errors."""
+    def from_dict(cls, data: dict[str, Any], source: str | None = None, recorded: bool = False) -> "TrainConfig":
+        """A validated config from a dict (e.g. decoded JSON); ``source`` names the input in errors.
+
+        ``recorded``: ``data`` is a run's own record (config.json), which has always held the settings that
+        define the network and its schedule; one that lacks any of them is refused, not filled with defaults.
+        """
         try:
             if not isinstance(data, dict):
                 raise ConfigError(f"expected a JSON object of training options, got {type(data).__name__}")
@@ -163,6 +185,9 @@ class TrainConfig:
             unknown = sorted(set(data) - known)
             if unknown:
                 raise ConfigError(f"unknown training options: {', '.join(unknown)}")
+            missing = [k for k in RECORDED_ALWAYS if k not in data] if recorded else []
+            if missing:
+                raise ConfigError(f"the recorded configuration lacks {', '.join(missing)}")
             return cls(**data)
         except ConfigError as exc:
             if source is None:

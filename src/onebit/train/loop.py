@@ -10,6 +10,7 @@ slice of each global batch, metrics are summed over ranks, and only rank 0 write
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -32,7 +33,7 @@ from onebit.models import WideResNet, build_model
 from onebit.nn import BinaryConv2d
 from onebit.rundir import RunDir, warn
 from onebit.train.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
-from onebit.train.config import TrainConfig
+from onebit.train.config import NOT_RESULT_SETTINGS, TrainConfig
 from onebit.train.distributed import DistEnv, all_reduce_sum, device_for, distributed_context
 from onebit.train.evaluation import metric_sums, predict_batches
 from onebit.train.precision import describe, inference_autocast, resolve_amp
@@ -130,6 +131,21 @@ def recompute_bn_from_batches(model: nn.Module, batches, device: torch.device, a
     model.eval()
 
 
+def changed_settings(recorded: dict[str, Any], current: dict[str, Any]) -> str:
+    """The result-changing settings whose values differ between a checkpoint's recorded training config
+    and the run's (``name: old -> new``, comma-separated; '' when they agree). A setting the checkpoint
+    predates counts at its default; a checkpoint that records no config at all cannot be matched."""
+    if not recorded:
+        return "it records no training configuration"
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    diffs = []
+    for key, value in current.items():
+        old = recorded.get(key, defaults.get(key))
+        if key not in NOT_RESULT_SETTINGS and old != value:
+            diffs.append(f"{key}: {old!r} -> {value!r}")
+    return ", ".join(diffs)
+
+
 class Trainer:
     """Owns one run: data source, model, optimizer, schedule, checkpoints and metrics.
 
@@ -169,8 +185,6 @@ class Trainer:
         self.elapsed = 0.0
         self.step_fn = TrainStep(self.model, self.optimizer, self.device, cfg.amp, cfg.channels_last,
                                  world_size, cfg.batch_size)
-        if rank == 0:
-            print(describe(cfg.amp, self.device.type), file=sys.stderr)
 
     # ----- state -----
     @property
@@ -191,6 +205,10 @@ class Trainer:
         if ckpt.model_config != self.model_config:
             raise ConfigError(f"{self.checkpoint_path}: checkpoint model {ckpt.model_config.name} does not "
                               f"match the run's config {self.model_config.name}")
+        changed = changed_settings(ckpt.train_config, self.cfg.to_dict())
+        if changed:
+            raise ConfigError(f"{self.checkpoint_path}: the checkpoint was trained with other settings than "
+                              f"{self.dir.config.name} ({changed}); the run cannot continue under them")
         if ckpt.state["epoch"] > self.cfg.epochs:
             raise ConfigError(f"{self.checkpoint_path}: checkpoint is at epoch {ckpt.state['epoch']}, past the "
                               f"run's {self.cfg.epochs} epochs")
@@ -306,6 +324,18 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
     checkpoint when resuming, so multi-node resumes need the run directory on a shared filesystem).
     """
     directory = RunDir(run_dir)
+    created = not directory.path.exists()
+    try:
+        return _train(cfg, directory, resume, progress, stop_after)
+    except BaseException:
+        if created:
+            directory.remove_if_unused()      # a run refused before it wrote anything leaves no folder
+        raise
+
+
+def _train(cfg: TrainConfig, directory: RunDir, resume: bool, progress: bool, stop_after: int | None
+           ) -> dict[str, Any]:
+    run_dir = directory.path
     with distributed_context(cfg.device) as env:
         with (directory.lock() if env.rank == 0 else nullcontext()):
             if env.rank == 0:
@@ -322,6 +352,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
                 trainer.resume()
                 if trainer.progress:
                     print(f"resuming {run_dir} at epoch {trainer.epoch}/{cfg.epochs}")
+            if env.rank == 0:
+                print(describe(trainer.cfg.amp, trainer.device.type), file=sys.stderr)
             if stop_after is not None and stop_after < cfg.epochs:
                 result = trainer.fit_until(stop_after)
             else:

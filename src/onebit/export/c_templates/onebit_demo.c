@@ -170,6 +170,10 @@ int main(int argc, char **argv)
             fprintf(stderr, "this build supports up to %d threads (build with THREADS=N)\n", onebit_max_threads());
         return 2;
     }
+    if (raw && mode != ONEBIT_INT) {
+        fprintf(stderr, "onebit_demo: --raw prints the integer mode's logits; add --int\n");
+        return 2;
+    }
     f = fopen(path, "rb");
     if (!f) { perror(path); return 1; }
     if (runs > 0) {
@@ -185,6 +189,12 @@ int main(int argc, char **argv)
         int label = -1, pred;
         size_t got;
         if (with_labels && (label = fgetc(f)) == EOF) break;
+        if (label >= ONEBIT_NUM_CLASSES) {
+            fprintf(stderr, "onebit_demo: %s: image %ld has label %d, outside the model's %d classes "
+                    "(is this a labels file?)\n", path, n, label, ONEBIT_NUM_CLASSES);
+            fclose(f);
+            return 1;
+        }
         got = fread(images[0], 1, ONEBIT_INPUT_BYTES, f);
         if (got != ONEBIT_INPUT_BYTES) {
             if (got == 0 && !with_labels && !ferror(f)) break;
