@@ -101,3 +101,19 @@ def tiny_cifar100(tmp_path: Path) -> Path:
                                                 "coarse_label_names": [f"g{i}" for i in range(20)]},
                                                protocol=2))
     return tmp_path
+
+
+def check_snapshot(path: Path, text: str) -> None:
+    """``text`` must equal the snapshot file ``path``. With ``ONEBIT_UPDATE_SNAPSHOTS=1`` (exactly) the
+    snapshot is rewritten and the test is skipped, never passed; under ``CI=true`` rewriting is refused."""
+    flag = os.environ.get("ONEBIT_UPDATE_SNAPSHOTS", "")
+    if flag not in ("", "1"):
+        pytest.fail(f"ONEBIT_UPDATE_SNAPSHOTS={flag!r}: set it to 1 to rewrite snapshots, or unset it")
+    if flag == "1":
+        if os.environ.get("CI") == "true":
+            pytest.fail("ONEBIT_UPDATE_SNAPSHOTS=1 under CI=true: snapshots are rewritten by people, not CI")
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+        pytest.skip(f"rewrote snapshot {path.name}; review the diff and rerun without ONEBIT_UPDATE_SNAPSHOTS")
+    assert path.is_file(), f"missing snapshot {path}; create it with ONEBIT_UPDATE_SNAPSHOTS=1"
+    assert text == path.read_text(), f"output differs from {path} (ONEBIT_UPDATE_SNAPSHOTS=1 to accept)"

@@ -5,7 +5,6 @@ Regenerate the snapshot after an intended change with ``ONEBIT_UPDATE_SNAPSHOTS=
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -17,14 +16,13 @@ from onebit.export import c_contract
 from onebit.export.c_runtime import TEMPLATES, export_c
 from onebit.models import WRNConfig, build_model
 
+from conftest import check_snapshot
+
 SNAPSHOT = Path(__file__).parent / "snapshots" / "onebit_contract.h"
 
 
 def test_generated_header_matches_snapshot():
-    text = c_contract.contract_header()
-    if os.environ.get("ONEBIT_UPDATE_SNAPSHOTS"):
-        SNAPSHOT.write_text(text)
-    assert text == SNAPSHOT.read_text()
+    check_snapshot(SNAPSHOT, c_contract.contract_header())
 
 
 def test_templates_do_not_redefine_the_contract():

@@ -107,6 +107,13 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(run_dir).model_state
 
 
+def assert_same_weights(run: Path, reference: Path) -> None:
+    got, want = weights(run), weights(reference)
+    assert want and got.keys() == want.keys(), (sorted(got), sorted(want))
+    different = [k for k in want if not torch.equal(got[k], want[k])]
+    assert not different, f"{run} differs from {reference} in {different}"
+
+
 @pytest.fixture
 def reference(tiny_cifar10: Path, tmp_path: Path) -> tuple[Path, float]:
     """An uninterrupted run (forked the same way, same write delay) and how long it took."""
@@ -121,7 +128,6 @@ def reference(tiny_cifar10: Path, tmp_path: Path) -> tuple[Path, float]:
 
 def test_sigkill_at_random_moments_loses_nothing_and_resumes_exactly(tiny_cifar10, tmp_path, reference):
     ref_run, duration = reference
-    ref_weights = weights(ref_run)
     rng = random.Random(20190716)
     kills = in_write = in_resume = 0
     finished_runs = 0
@@ -151,12 +157,11 @@ def test_sigkill_at_random_moments_loses_nothing_and_resumes_exactly(tiny_cifar1
         assert metric_epochs(run) == list(range(1, EPOCHS + 1))
         assert not list(run.glob("*.tmp"))
         assert RunDir(run).results.is_file() and checkpoint_epoch(run) == EPOCHS
-        got = weights(run)
-        assert got.keys() == ref_weights.keys()
-        assert all(torch.equal(got[k], ref_weights[k]) for k in got), f"{run} differs from the reference"
+        assert_same_weights(run, ref_run)
         finished_runs += 1
         run_index += 1
-    assert kills >= 20 and in_resume >= 10 and in_write >= 5, (kills, in_resume, in_write)
+    # (the loop itself guarantees >= 21 kills; what it cannot guarantee is where they land)
+    assert in_resume >= 10 and in_write >= 5, (kills, in_resume, in_write)
 
 
 def test_second_writer_is_refused_with_the_holders_pid(tiny_cifar10, tmp_path):
@@ -226,7 +231,7 @@ def test_full_disk_keeps_the_last_good_checkpoint_and_resumes(tiny_cifar10, tmp_
     ballast.unlink()                                                    # space is back
     assert main(resume_argv(run)) == 0
     assert metric_epochs(run) == list(range(1, EPOCHS + 1))
-    assert all(torch.equal(a, b) for a, b in zip(weights(run).values(), weights(ref_run).values()))
+    assert_same_weights(run, ref_run)
 
 
 def test_full_disk_by_fault_injection(tiny_cifar10, tmp_path, reference, monkeypatch, capsys):
@@ -278,7 +283,7 @@ def test_full_disk_by_fault_injection(tiny_cifar10, tmp_path, reference, monkeyp
         monkeypatch.undo()
     assert main(resume_argv(run)) == 0
     assert metric_epochs(run) == list(range(1, EPOCHS + 1))
-    assert all(torch.equal(a, b) for a, b in zip(weights(run).values(), weights(ref_run).values()))
+    assert_same_weights(run, ref_run)
 
 
 def test_sigterm_stops_a_parallel_sweeps_workers(tiny_cifar10, tmp_path):

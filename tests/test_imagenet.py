@@ -144,6 +144,26 @@ def test_train_then_eval_with_25_crops(tiny_imagenet, tmp_path, capsys):
     assert cli_main(["eval", str(tmp_path / "run"), "--json", "--crops", "25", "--device", "cpu"]) == 0
     multi = json.loads(capsys.readouterr().out)
     assert multi["crops"] == 25 and multi["count"] == 6 and len(multi["per_class"]) == 3
+    # the same evaluation computed here from torchvision's primitives: shorter side at 32 * (7..11) / 7,
+    # four corners + centre at each scale, softmax averaged over the 25 crops
+    from torchvision.transforms.v2 import functional as TF
+
+    from onebit.loading import load_model_file
+
+    model, _ = load_model_file(tmp_path / "run")
+    split = load_image_folder(tiny_imagenet, train=False)
+    losses, hits = [], 0
+    with torch.no_grad():
+        for path, label in zip(split.paths, split.labels.tolist()):
+            image = read_image(path)
+            crops = [c for s in range(7, 12) for c in TF.five_crop(TF.resize(image, round(32 * s / 7), antialias=True), 32)]
+            assert len(crops) == 25
+            probs = model(torch.stack(crops).float()).softmax(1).mean(0)
+            losses.append(-float(probs[label].clamp_min(1e-30).log()))
+            hits += int(probs.argmax()) == label
+    assert multi["top1"] == pytest.approx(hits / 6, abs=1e-6)
+    assert multi["loss"] == pytest.approx(sum(losses) / 6, rel=1e-4)
+    assert multi["loss"] != pytest.approx(single["loss"], rel=1e-6)     # 25 crops are not the centre crop
 
 
 def test_two_gloo_ranks_with_loader_workers_match_one_process(tiny_imagenet, tmp_path):

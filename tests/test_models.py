@@ -30,7 +30,18 @@ def test_both_designs_forward_and_backward(norm, bits):
     out = model(x)
     assert out.shape == (3, 7)
     out.sum().backward()
-    assert all(conv.weight.grad is not None for _, conv in model.conv_layers())
+    # every conv's latent weight gets the gradient of its effective weight (straight through, unscaled):
+    # the same as in a 32-bit twin whose weights are those effective weights
+    twin = build_model(WRNConfig(depth=8, width=1, norm=norm, weight_bits=32, num_classes=7,
+                                 temperature=model.config.temperature))
+    twin.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for (_, a), (_, b) in zip(model.conv_layers(), twin.conv_layers()):
+            b.weight.copy_(a.effective_weight())
+    twin(x).sum().backward()
+    for (name, a), (_, b) in zip(model.conv_layers(), twin.conv_layers()):
+        assert a.weight.grad is not None and a.weight.grad.abs().sum() > 0, name
+        assert torch.allclose(a.weight.grad, b.weight.grad, rtol=1e-4, atol=1e-6), name
 
 
 def test_bn_free_design_has_only_the_input_bn_and_uses_temperature():

@@ -343,6 +343,9 @@ def test_fuzz_hostile_metadata_and_shapes(small_file, data):
         except PackedModelError as exc:
             assert str(exc) and "\n" not in str(exc)
         else:
+            # only a file whose checksum matches its content loads (this test's own checksum, not the loader's)
+            saved_tensors, saved_meta = read_raw(path)
+            assert saved_meta["sha256"] == checksum(saved_tensors, saved_meta)
             assert isinstance(model, torch.nn.Module)
 
 

@@ -125,6 +125,12 @@ def test_margin_table_and_sentences_match_the_stored_runs(study):
     assert rows[1]["95% CI"] == "–" and "no confidence interval" in sentences[1]      # one seed each at 32 bits
 
 
+def inference_parameters(model) -> int:
+    """Learned parameters plus BN running statistics, counted from the built network (not by the summary)."""
+    return sum(p.numel() for p in model.parameters()) + sum(
+        b.numel() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var")))
+
+
 def test_cost_table_and_figures(study):
     root, report = study
     rows = table_rows(report, "## Cost")
@@ -133,8 +139,7 @@ def test_cost_table_and_figures(study):
         norm = "bn" if row["design"] == "BN" else "none"
         bits = int(row["weight bits"])
         model = build_model(WRNConfig(depth=8, width=1, num_classes=10, norm=norm, weight_bits=bits))
-        assert int(row["parameters"].replace(",", "")) == sum(p.numel() for p in model.parameters()) + sum(
-            b.numel() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var")))
+        assert int(row["parameters"].replace(",", "")) == inference_parameters(model)
         rates = [r["train_images_per_s"] for r in stored(root, norm=norm, weight_bits=bits)]
         assert float(row["training images/s"].split(" ± ")[0]) == pytest.approx(np.mean(rates), abs=0.5)
         assert (int(row["BN ops / image"].replace(",", "")) > 0) == (norm == "bn")   # BN ops only in the BN design
@@ -170,7 +175,6 @@ def test_report_of_missing_or_empty_store_is_an_error(tmp_path, capsys):
 def test_report_of_a_store_holding_an_imagenet_run(tmp_path):
     """The cost table builds the ImageNet WRN (depth 18 = 8n+2) for an ImageNet run, named as the model is."""
     from onebit.experiments.store import RunRecord
-    from onebit.models.summary import summarize
     from onebit.presets import get_preset
 
     cfg = get_preset("imagenet-wrn18-2.5-srelu-1bit", depth=10, width=1, epochs=1)
@@ -188,4 +192,4 @@ def test_report_of_a_store_holding_an_imagenet_run(tmp_path):
     assert "## ImageNet: error rates" in report
     (row,) = table_rows(report, "## Cost")
     assert row["network"] == "WRN-10-1"
-    assert int(row["parameters"].replace(",", "")) == summarize(cfg.model_config()).params
+    assert int(row["parameters"].replace(",", "")) == inference_parameters(build_model(cfg.model_config()))

@@ -5,7 +5,6 @@ Regenerate the snapshots after an intended change of the output with ``ONEBIT_UP
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,8 @@ from onebit.cli import main
 from onebit.export.packed import save_packed
 from onebit.models.summary import summarize
 from onebit.models import WRNConfig, build_model
+
+from conftest import check_snapshot as check_snapshot_file
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 
@@ -70,12 +71,7 @@ def test_fp32_edge_convs_are_counted_at_32_bits():
 
 
 def check_snapshot(name: str, text: str) -> None:
-    path = SNAPSHOTS / name
-    if os.environ.get("ONEBIT_UPDATE_SNAPSHOTS") == "1":
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(text)
-    assert path.is_file(), f"missing snapshot {path}; create it with ONEBIT_UPDATE_SNAPSHOTS=1"
-    assert text == path.read_text(), f"output differs from {path} (ONEBIT_UPDATE_SNAPSHOTS=1 to accept)"
+    check_snapshot_file(SNAPSHOTS / name, text)
 
 
 def test_snapshot_of_a_packed_bn_model(tmp_path, capsys):

@@ -17,6 +17,7 @@ from onebit.experiments.store import ResultsStore
 from onebit.experiments.sweep import load_sweep, resolve_path
 from onebit.presets import PRESETS
 from onebit.rundir import RunDir
+from onebit.train.checkpoint import load_checkpoint
 from onebit.train.loop import train
 
 GRID = """
@@ -227,13 +228,15 @@ def test_shipped_sweep_files_expand(monkeypatch):
     monkeypatch.setenv("ONEBIT_DATA", "/somewhere/data")
     paper = load_sweep(SWEEPS / "paper-wrn20-10.toml").expand()
     assert len(paper) == 24 and {r.config.epochs for r in paper} == {254, 300}
-    assert all(r.config_hash == get_preset(r.preset, seed=r.config.seed).hash() for r in paper)
+    # the sweep resolves automatic bf16 for this machine; the preset leaves it open
+    assert all(r.config.amp is not None for r in paper)
+    assert all(r.config_hash == get_preset(r.preset, seed=r.config.seed, amp=r.config.amp).hash() for r in paper)
     sizes = load_sweep(SWEEPS / "iclr-sizes.toml").expand()
     assert {(r.config.depth, r.config.width) for r in sizes} == {(20, 4), (26, 10)} and len(sizes) == 32
     for r in sizes:       # the same recipe as the paper presets
         preset = get_preset(f"{r.config.dataset}-wrn20-10-{'bn' if r.config.norm == 'bn' else 'srelu'}-"
                             f"{r.config.weight_bits}bit", depth=r.config.depth, width=r.config.width,
-                            seed=r.config.seed)
+                            seed=r.config.seed, amp=r.config.amp)
         assert r.config_hash == preset.hash()
     cpu = load_sweep(SWEEPS / "cpu-study.toml")
     runs = cpu.expand()
@@ -269,6 +272,12 @@ def test_killed_sweep_resumes_and_records_every_epoch_once(tmp_path, tiny_cifar1
     proc.send_signal(signal.SIGKILL)         # no clean-up at all
     proc.wait()
     assert (runs[0].run_dir / "checkpoint.safetensors").exists()
+    # the kill interrupted the sweep: its first run unfinished and unrecorded, the second not started
+    assert not RunDir(runs[0].run_dir).is_finished()
+    assert load_checkpoint(runs[0].run_dir).state["epoch"] < 4
+    assert not (runs[1].run_dir / "checkpoint.safetensors").exists()
+    with ResultsStore(tmp_path / "runs.db") as store:
+        assert store.hashes() == set()
     assert main(["sweep", str(path), "--no-progress"]) == 0
     with ResultsStore(tmp_path / "runs.db") as store:
         assert store.hashes() == {r.config_hash for r in runs}

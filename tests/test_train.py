@@ -79,12 +79,38 @@ def test_weight_decay_only_on_conv_weights():
 
 
 def test_bn_statistics_recomputed_exactly_over_the_training_set():
+    """Every BN layer's running mean and variance become the plain average, over the batches, of that
+    batch's statistics of the layer's input -- whatever stale statistics the layers held before."""
+    torch.manual_seed(0)
     model = build_model(WRNConfig(depth=8, width=1, norm="bn"))
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) > 5
+    for bn in bns:                                  # stale statistics, far from the true ones
+        bn.running_mean.fill_(123.0)
+        bn.running_var.fill_(456.0)
+        bn.num_batches_tracked.fill_(99)
     images = torch.randint(0, 256, (90, 3, 32, 32), dtype=torch.uint8)
     recompute_bn_statistics(model, images, 30, torch.device("cpu"))
-    expected = images.float().mean((0, 2, 3))
-    assert torch.allclose(model.input_bn.running_mean, expected, rtol=1e-5)
     assert not model.training
+    # independently: each BN layer's input, per batch, with the recomputed model run in eval mode up to it
+    # (BN in train mode normalises by the batch statistics; collect them from the inputs directly)
+    inputs: dict[torch.nn.Module, list[torch.Tensor]] = {bn: [] for bn in bns}
+    hooks = [bn.register_forward_pre_hook(lambda m, args: inputs[m].append(args[0].detach())) for bn in bns]
+    model.train()
+    saved = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in bns]
+    with torch.no_grad():
+        for start in range(0, 90, 30):
+            model(images[start:start + 30].float())
+    for h in hooks:
+        h.remove()
+    for bn, (mean, var) in zip(bns, saved):
+        batches = inputs[bn]
+        assert len(batches) == 3
+        want_mean = torch.stack([x.mean((0, 2, 3)) for x in batches]).mean(0)
+        want_var = torch.stack([x.var((0, 2, 3), unbiased=True) for x in batches]).mean(0)
+        assert torch.allclose(mean, want_mean, rtol=1e-4, atol=1e-5), bn
+        assert torch.allclose(var, want_var, rtol=1e-4, atol=1e-5), bn
+    assert torch.allclose(saved[0][0], images.float().mean((0, 2, 3)), rtol=1e-5)   # the input BN
 
 
 def test_impossible_configurations():

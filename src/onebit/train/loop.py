@@ -352,8 +352,8 @@ def _train(cfg: TrainConfig, directory: RunDir, resume: bool, progress: bool, st
                 trainer.resume()
                 if trainer.progress:
                     print(f"resuming {run_dir} at epoch {trainer.epoch}/{cfg.epochs}")
-            if env.rank == 0:
-                print(describe(trainer.cfg.amp, trainer.device.type), file=sys.stderr)
+            if trainer.progress:          # rank 0 of an interactive run; config.json records it in any case
+                tqdm.write(describe(trainer.cfg.amp, trainer.device.type), file=sys.stderr)
             if stop_after is not None and stop_after < cfg.epochs:
                 result = trainer.fit_until(stop_after)
             else:
