@@ -225,7 +225,8 @@ def train_run(cfg, run_dir: Path, deadline: float, log, store_path: Path, preset
             log(f"!! stopping {cfg.model_config().name} after epoch {trainer.epoch}: the next would pass the "
                 f"part's deadline (not recorded in the store: the schedule did not finish)")
             break
-    out = {"model": cfg.model_config().name, "preset": preset, "config_hash": cfg.hash(), "epochs": cfg.epochs,
+    # the trainer's config: automatic settings (bf16) resolved, as its run directory and the store record it
+    out = {"model": cfg.model_config().name, "preset": preset, "config_hash": trainer.cfg.hash(), "epochs": cfg.epochs,
            "train_images": cfg.train_limit, "schedule": cfg.schedule, "seed": cfg.seed, "curve": epochs,
            "finished": not stopped, "wall_s": time.time() - t0, "run_dir": str(run_dir)}
     if stopped:
@@ -272,7 +273,7 @@ def accuracy_main(plan: dict) -> int:
     out["runs"].append(run)
     reference = plan.get("reference")
     if reference and run.get("finished"):
-        same = reference.get("config_hash") == preset_cfg.hash()
+        same = reference.get("config_hash") == run["config_hash"]
         out["preset_vs_cpu"] = {
             "cpu_test_acc": reference.get("test_acc"), "gpu_test_acc": run["test_acc"], "same_config": same,
             "difference_points": 100 * (run["test_acc"] - reference["test_acc"]),
@@ -588,7 +589,7 @@ def cpu_reference(args: argparse.Namespace) -> int:
                      device="cpu", num_threads=args.threads)
     t0 = time.time()
     final = train(cfg, work / "run", progress=True)
-    ref = {"preset": PRESET, "config_hash": cfg.hash(), "train_images": manifest["train_images"],
+    ref = {"preset": PRESET, "config_hash": final["config_hash"], "train_images": manifest["train_images"],
            "raw_sha256": manifest["raw_sha256"], "seed": SEED, "epochs": cfg.epochs,
            "test_acc": final["test_acc"], "test_top5": final.get("test_top5"), "test_loss": final.get("test_loss"),
            "wall_s": time.time() - t0, "device": f"cpu ({platform.machine()}, {args.threads} thread(s))",

@@ -60,8 +60,9 @@ def assert_same_run(single, multi, tolerance: float):
     assert b.state["epoch"] == a.state["epoch"] and b.state["finished"]
 
 
+# float32 (amp off): bf16 rounds each rank's slice differently, beyond any float tolerance
 CIFAR_RUN = dict(depth=8, width=1, norm="bn", weight_bits=32, epochs=2, batch_size=45, train_limit=45,
-                 val_size=20, lr=0.02, seed=3, device="cpu", num_threads=1, eval_batch_size=30)
+                 val_size=20, lr=0.02, seed=3, device="cpu", num_threads=1, eval_batch_size=30, amp=False)
 
 
 def cli_args(options: dict) -> list[str]:

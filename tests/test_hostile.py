@@ -322,7 +322,7 @@ CASES = [
     ("train-depth-huge", ["train", "--depth", "200000", "--run-dir", "{ws}/new"], "depth = 200000 is above"),
     ("train-width-huge", ["train", "--width", "1000000", "--run-dir", "{ws}/new"], "width = 1000000 is above"),
     ("train-net-too-big", ["train", "--depth", "998", "--width", "100", "--run-dir", "{ws}/new"], "conv weights"),
-    ("train-lr-huge", ["train", "--lr", "1e300", "--run-dir", "{ws}/new"], "lr = 1e+300 is above the limit"),
+    ("train-lr-huge", ["train", "--lr", "1e300", "--run-dir", "{ws}/new"], "lr = 1e+300 is above the limit of 1000000.0"),
     ("train-epochs-huge", ["train", "--epochs", "10000000", "--run-dir", "{ws}/new"], "epochs = 10000000"),
     ("sweep-grid-huge", ["sweep", "{ws}/huge_grid.toml", "--dry-run"], "1,000,000 points"),
     # issue 23: a resume must match its checkpoint; recorded configs are complete

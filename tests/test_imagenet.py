@@ -49,7 +49,7 @@ def tiny_imagenet(tmp_path: Path) -> Path:
 def tiny_run(root: Path, **kw) -> dict:
     return dict(dataset="imagenet", data_dir=str(root), classes=3, depth=10, width=1, weight_bits=32,
                 epochs=2, batch_size=7, crop_size=32, resize_size=40, translate=0, cutout=0, lr=0.02,
-                device="cpu", num_threads=1, eval_batch_size=5, workers=0, **kw)
+                device="cpu", num_threads=1, eval_batch_size=5, workers=0, amp=False, **kw)
 
 
 def test_image_folder_lists_classes_and_labels(tiny_imagenet):

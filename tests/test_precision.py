@@ -95,7 +95,7 @@ def test_evaluation_on_the_cpu_stays_float32_under_amp():
 def test_automatic_amp_is_resolved_once_and_recorded(tiny_cifar10, tmp_path, capfd):
     cfg = TrainConfig(data_dir=str(tiny_cifar10), depth=8, width=1, epochs=1, batch_size=50, num_threads=1)
     assert cfg.amp is None
-    result = train(cfg, tmp_path / "run", progress=False)
+    result = train(cfg, tmp_path / "run", progress=True)
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())
     expected = precision.resolve_amp(None, "cpu")
     assert recorded["amp"] is expected

@@ -62,7 +62,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tiny_cifar10, tmp_p
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     trainer.fit_until(1)
     good = {k: v.clone() for k, v in weights(tmp_path / "run").items()}
-    trainer.cfg = cfg.replace(lr=1e30, lr_min=0.0)
+    trainer.cfg = cfg.replace(lr=1e6, lr_min=0.0)
     with pytest.raises(TrainingDiverged, match="epoch 2.*last good checkpoint \\(epoch 1\\)"):
         trainer.fit_until(2)
     kept = load_checkpoint(tmp_path / "run")
@@ -129,7 +129,7 @@ def run_cli(*args, **kw):
 
 def test_cli_nan_loss_exits_nonzero_with_one_line(tiny_cifar10, tmp_path):
     proc = run_cli("train", "--data-dir", str(tiny_cifar10), "--depth", "8", "--width", "1", "--epochs", "2",
-                   "--batch-size", "50", "--weight-bits", "32", "--lr", "1e30", "--lr-min", "0",
+                   "--batch-size", "50", "--weight-bits", "32", "--lr", "1e6", "--lr-min", "0",
                    "--run-dir", str(tmp_path / "run"), "--no-progress")
     assert proc.returncode == 3
     assert proc.stderr.strip().splitlines()[-1].startswith("onebit train: error: training loss became")
@@ -211,7 +211,7 @@ def test_changed_settings_counts_settings_a_checkpoint_predates_at_their_default
 
 
 @pytest.mark.parametrize("option, at_limit, above", [
-    ("num_threads", 1024, 1025), ("depth", 998, 1004), ("width", 1000, 1001), ("lr", 100.0, 101.0),
+    ("num_threads", 1024, 1025), ("depth", 998, 1004), ("width", 1000, 1001), ("lr", 1e6, 2e6),
     ("epochs", 100_000, 100_001), ("weight_decay", 1.0, 2.0), ("eval_batch_size", 100_000, 100_001),
 ])
 def test_every_option_that_sizes_work_has_an_upper_bound(option, at_limit, above):

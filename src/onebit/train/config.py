@@ -33,7 +33,7 @@ RECORDED_ALWAYS = ("dataset", "depth", "width", "norm", "weight_bits", "epochs",
 # is refused in one line instead of hanging, crashing or asking for petabytes.
 LIMITS = {"num_threads": 1024, "workers": 256, "epochs": 100_000, "first_cycle": 100_000,
           "batch_size": 1_000_000, "eval_batch_size": 100_000, "depth": 1_000, "width": 1_000,
-          "classes": 100_000, "crop_size": 4_096, "resize_size": 4_096, "lr": 100.0, "weight_decay": 1.0,
+          "classes": 100_000, "crop_size": 4_096, "resize_size": 4_096, "lr": 1e6, "weight_decay": 1.0,
           "temperature": 1e6}
 MAX_CONV_WEIGHTS = 1_000_000_000     # ~4 GB of float32 weights, ~12 GB with gradients and momentum
 
