@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = args.jobs or (len(gpus) if gpus else 1)
     stored: set[str] = set()
     if store_path.is_file() or not args.dry_run:          # a dry run creates nothing
-        with ResultsStore(store_path) as store:
+        with ResultsStore(store_path, create=not args.dry_run) as store:      # a dry run only reads
             stored = store.hashes()
     if args.dry_run:
         for r in planned:

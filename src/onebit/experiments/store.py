@@ -7,9 +7,12 @@ with a busy timeout, and a run is written in one ``BEGIN IMMEDIATE`` transaction
 several processes (sweeps, or a sweep's parallel jobs) can record into one store at once and a run is
 recorded at most once.
 
-Schema versions: 1 had no ``host`` column. A version-1 store opens and reads as is (its runs have no host);
-the first write migrates it to version 2 (``ALTER TABLE runs ADD COLUMN host``), so reading an old store
-never modifies it.
+Schema versions: 1 had no ``host`` column. Version 3 corrects what versions 1-2 recorded for CPU runs:
+``amp`` then applied to GPUs only, so a CPU run recorded with ``"amp": true`` trained in float32; from
+version 3 its config says ``"amp": false`` (config hash recomputed, its epochs re-keyed), since a CPU run with
+amp on now trains in bf16. Opening an older store for writing (a sweep) migrates it (``ALTER TABLE runs ADD
+COLUMN host``, then the correction); reading it (``runs``, ``report``, ``sweep --dry-run``) applies the
+correction in memory and never modifies the file.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any, Iterator
 from onebit.errors import StoreError
 from onebit.train.config import TrainConfig
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 60.0
 EPOCH_COLUMNS = ("train_loss", "train_acc", "lr", "images_per_s", "epoch_time_s", "val_acc", "val_top5",
                  "val_loss", "test_acc", "test_top5", "test_loss", "elapsed_s")
@@ -106,12 +109,13 @@ class ResultsStore:
             self._init_schema(existing)       # refuses a foreign file before anything is written to it
             if create:
                 self.db.execute("PRAGMA journal_mode = WAL")
+                self._migrate()               # a writer brings an older store to this version first
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: not a usable results store ({exc})") from None
 
     def _init_schema(self, existing: bool) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, 1, SCHEMA_VERSION):
+        if version not in (0, 1, 2, SCHEMA_VERSION):
             raise StoreError(f"{self.path}: schema version {version}, this onebit reads 1 to {SCHEMA_VERSION}")
         if version == 0 and not self.create:
             raise StoreError(f"{self.path} is not a onebit results store (written by `onebit sweep`)")
@@ -124,6 +128,11 @@ class ResultsStore:
                 for statement in filter(str.strip, SCHEMA.split(";")):
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @property
+    def version(self) -> int:
+        """The schema version of the file as it is now."""
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -147,11 +156,27 @@ class ResultsStore:
 
     def _migrate(self) -> None:
         """Bring a version-1 store (no ``host`` column) to the current schema; called before writing."""
-        if self.db.execute("PRAGMA user_version").fetchone()[0] != 1:
+        if self.db.execute("PRAGMA user_version").fetchone()[0] not in (1, 2):
             return
         with self.transaction() as db:              # re-read under the write lock: another writer may have
-            if db.execute("PRAGMA user_version").fetchone()[0] == 1:     # migrated it meanwhile
+            version = db.execute("PRAGMA user_version").fetchone()[0]     # migrated it meanwhile
+            if version == 1:
                 db.execute("ALTER TABLE runs ADD COLUMN host TEXT")
+            if version in (1, 2):
+                db.execute("PRAGMA defer_foreign_keys = ON")            # runs and epochs re-keyed together
+                taken = {r[0] for r in db.execute("SELECT config_hash FROM runs")}
+                for old_hash, device, config_json in db.execute(
+                        "SELECT config_hash, device, config_json FROM runs").fetchall():
+                    fixed = cpu_float32_config(json.loads(config_json), device)
+                    if fixed is None:
+                        continue
+                    new_hash = TrainConfig.from_dict(fixed).hash()
+                    if new_hash in taken:               # that float32 run is stored already: keep both as they are
+                        continue
+                    db.execute("UPDATE runs SET config_hash = ?, config_json = ? WHERE config_hash = ?",
+                               (new_hash, json.dumps(fixed, sort_keys=True), old_hash))
+                    db.execute("UPDATE epochs SET config_hash = ? WHERE config_hash = ?", (new_hash, old_hash))
+                    taken.add(new_hash)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # ----- writing -----
@@ -190,8 +215,16 @@ class ResultsStore:
         return self.db.execute("SELECT 1 FROM runs WHERE config_hash = ?", (config_hash,)).fetchone() is not None
 
     def hashes(self) -> set[str]:
+        """The config hashes of the stored runs (of an older store read without migrating it: as the
+        migration will key them, see the module docstring)."""
         with self.reading():
-            return {r[0] for r in self.db.execute("SELECT config_hash FROM runs")}
+            if self.version >= 3:
+                return {r[0] for r in self.db.execute("SELECT config_hash FROM runs")}
+            out = set()
+            for stored, device, config_json in self.db.execute("SELECT config_hash, device, config_json FROM runs"):
+                fixed = cpu_float32_config(json.loads(config_json), device)
+                out.add(TrainConfig.from_dict(fixed).hash() if fixed is not None else stored)
+            return out
 
     def runs(self, where: list[tuple[str, str, Any]] | None = None) -> list[dict[str, Any]]:
         """Stored runs as dicts (``config``, ``final``, ``versions`` decoded), oldest first.
@@ -218,7 +251,11 @@ class ResultsStore:
         sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(clauses) if clauses else "")
         with self.reading():
             rows = self.db.execute(sql + " ORDER BY recorded_at, rowid", params).fetchall()
-            return [self._decode(r) for r in rows]
+            out = [self._decode(r) for r in rows]
+        if self.version < 3:                          # corrected in memory; the row keeps its stored hash
+            for run in out:
+                run["config"] = cpu_float32_config(run["config"], run.get("device")) or run["config"]
+        return out
 
     @contextmanager
     def reading(self) -> Iterator[None]:
@@ -252,6 +289,14 @@ class ResultsStore:
             if not isinstance(out[key], dict):
                 raise ValueError(f"run {out.get('config_hash')}: {key} is not a JSON object")
         return out
+
+
+def cpu_float32_config(config: dict[str, Any], device: str | None) -> dict[str, Any] | None:
+    """The corrected config of a CPU run recorded before schema version 3 with ``amp`` on (it trained in
+    float32), or None when the record needs no correction."""
+    if (device or "").startswith("cpu") and config.get("amp") is True:
+        return {**config, "amp": False}
+    return None
 
 
 NUMERIC_RUN_COLUMNS = ("depth", "width", "weight_bits", "epochs", "seed", "test_acc", "test_top5", "test_loss",
