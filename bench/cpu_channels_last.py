@@ -21,7 +21,7 @@ from onebit.bench.train_throughput import time_steps
 from onebit.errors import ConfigError
 from onebit.models import build_model
 from onebit.train.config import TrainConfig
-from onebit.train.loop import make_optimizer
+from onebit.train.optimizer import make_optimizer
 from onebit.train.step import TrainStep, prepare_model
 from onebit.train.threads import default_threads
 

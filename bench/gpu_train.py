@@ -35,7 +35,7 @@ from onebit.data.batches import epoch_batches, steps_per_epoch
 from onebit.models import WRNConfig, build_model, parse_wrn_name
 from onebit.train.config import TrainConfig
 from onebit.train.device import select_device
-from onebit.train.loop import make_optimizer
+from onebit.train.optimizer import make_optimizer
 from onebit.train.step import TrainStep, prepare_model, use_compile
 
 # Dense (not 2:4 sparse) bf16 tensor-core peaks, TFLOP/s, matched in order against the device name.

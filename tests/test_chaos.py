@@ -4,7 +4,7 @@ Each training process runs ``onebit.cli.main`` -- exactly what the ``onebit trai
 from a multiprocessing fork server that has torch and onebit imported, so the many processes do not pay
 the interpreter and torch start-up. (Not forked from the test process itself: once a test in it has run
 autograd, PyTorch refuses autograd in a forked child, and which tests ran first depends on the run.)
-The documented test hook ``ONEBIT_TEST_WRITE_DELAY`` (``onebit.rundir``) makes every atomic write pause
+The documented test hook ``ONEBIT_TEST_WRITE_DELAY`` (``onebit.atomic``) makes every atomic write pause
 between writing its temporary file and renaming it, so that random kill moments often land inside
 checkpoint and metrics writes.
 """
@@ -239,7 +239,7 @@ def test_full_disk_by_fault_injection(tiny_cifar10, tmp_path, reference, monkeyp
     run writes half its data, then fails with ENOSPC."""
     import errno
 
-    import onebit.rundir as rundir
+    import onebit.atomic as atomic
     import onebit.safetensors_io as safetensors_io
 
     ref_run, _ = reference
@@ -271,7 +271,7 @@ def test_full_disk_by_fault_injection(tiny_cifar10, tmp_path, reference, monkeyp
         from safetensors import SafetensorError
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    for target, name, fake in ((rundir, "open", FullDisk), (safetensors_io, "save_file", full_save_file)):
+    for target, name, fake in ((atomic, "open", FullDisk), (safetensors_io, "save_file", full_save_file)):
         monkeypatch.setattr(target, name, fake, raising=False)
         capsys.readouterr()
         assert main(resume_argv(run)) == 1

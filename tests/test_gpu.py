@@ -33,7 +33,8 @@ from onebit.models import WRNConfig, build_model
 from onebit.train.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
 from onebit.train.config import TrainConfig
 from onebit.train.evaluation import predict_logits
-from onebit.train.loop import make_optimizer, train
+from onebit.train.loop import train
+from onebit.train.optimizer import make_optimizer
 from onebit.train.step import TrainStep, prepare_model
 
 

@@ -18,7 +18,8 @@ from onebit.models import WRNConfig, build_model
 from onebit.presets import get_preset
 from onebit.train.config import TrainConfig
 from onebit.train.evaluation import predict_batches
-from onebit.train.loop import load_datasets, train
+from onebit.data.splits import load_splits
+from onebit.train.loop import train
 from test_distributed import assert_same_run, cli_args, torchrun
 
 CLASSES = ("n01440764", "n01443537", "n01484850")
@@ -76,7 +77,8 @@ def test_imagenet_config_errors(tiny_imagenet):
     with pytest.raises(ConfigError, match="translate and cutout are CIFAR augmentations"):
         TrainConfig(dataset="imagenet", depth=18)
     with pytest.raises(ConfigError, match="pass --classes 3"):
-        load_datasets(TrainConfig(**{**tiny_run(tiny_imagenet), "classes": 0}))
+        cfg = TrainConfig(**{**tiny_run(tiny_imagenet), "classes": 0})
+        load_splits(cfg.dataset, cfg.data_dir, batch_size=cfg.batch_size, num_classes=cfg.num_classes)
     with pytest.raises(ConfigError, match="crop_size"):
         TrainConfig(**{**tiny_run(tiny_imagenet), "resize_size": 30})
 

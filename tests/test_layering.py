@@ -12,17 +12,18 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "onebit"
 
-_CORE = {"errors", "rundir", "nn", "models", "safetensors_io", "onebit"}  # "onebit": the package's public names
+_CORE = {"errors", "atomic", "rundir", "nn", "models", "safetensors_io", "onebit"}  # "onebit": the package's public names
 # layer -> the layers its modules may import (besides their own layer)
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
-    "rundir": {"errors"},
+    "atomic": set(),
+    "rundir": {"errors", "atomic"},
     "nn": {"errors"},
     "models": {"errors", "nn"},
-    "safetensors_io": {"errors", "rundir"},
+    "safetensors_io": {"errors", "atomic"},
     "onebit": {"nn", "models"},
     "data": {"errors", "nn", "models"},
-    "export": {"errors", "rundir", "nn", "models", "safetensors_io"},
+    "export": {"errors", "atomic", "rundir", "nn", "models", "safetensors_io"},
     "reference": {"errors", "nn", "models"},
     "train": _CORE | {"data"},
     "presets": _CORE | {"data", "train"},
@@ -139,3 +140,29 @@ def test_the_check_sees_cycles_and_upward_imports_in_function_bodies(tmp_path):
     assert cycles(graph) == [["onebit.nn.layers", "onebit.train.loop"]]
     assert upward_imports(graph) == ["onebit.nn.layers imports onebit.train.loop"]
 
+
+def test_programs_outside_the_package_use_the_package_homes():
+    """bench/ and scripts/ take the optimizer from onebit.train.optimizer and the splits from
+    onebit.data.splits, never from the training loop's module (which only runs training)."""
+    root = PACKAGE.parents[1]
+    offenders = []
+    for folder in ("bench", "scripts"):
+        for path in sorted((root / folder).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.ImportFrom) and node.module == "onebit.train.loop":
+                    used = {a.name for a in node.names} - {"train", "Trainer"}
+                    if used:
+                        offenders.append(f"{path.relative_to(root)} imports {sorted(used)} from onebit.train.loop")
+    assert offenders == []
+
+
+def test_each_fact_has_one_owner():
+    """The C export's description file, the dataset a model's shape implies and the atomic write are each
+    written in one place."""
+    sources = {p: p.read_text() for p in PACKAGE.rglob("*.py")}
+    named = [p.relative_to(PACKAGE) for p, text in sources.items() if '"onebit_model.json"' in text]
+    assert [str(p) for p in named] == ["export/c_contract.py"]
+    guesses = [p.relative_to(PACKAGE) for p, text in sources.items() if '"cifar100" if' in text]
+    assert [str(p) for p in guesses] == ["models/config.py"]
+    writers = [p.relative_to(PACKAGE) for p, text in sources.items() if "def atomic_output" in text]
+    assert [str(p) for p in writers] == ["atomic.py"]

@@ -15,7 +15,8 @@ from onebit.train import precision
 from onebit.train.checkpoint import load_checkpoint
 from onebit.train.config import TrainConfig
 from onebit.train.evaluation import predict_batches
-from onebit.train.loop import make_optimizer, train
+from onebit.train.loop import train
+from onebit.train.optimizer import make_optimizer
 from onebit.train.step import TrainStep, prepare_model
 
 X86_NATIVE = "processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile amx_bf16\n"

@@ -11,7 +11,8 @@ from onebit.loading import load_model_file
 from onebit.models import WRNConfig, build_model
 from onebit.train.checkpoint import load_checkpoint
 from onebit.train.config import TrainConfig
-from onebit.train.loop import Trainer, make_optimizer, recompute_bn_statistics, train
+from onebit.train.loop import Trainer, recompute_bn_statistics, train
+from onebit.train.optimizer import make_optimizer
 
 
 def tiny(data_dir, **kw):

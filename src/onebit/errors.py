@@ -2,8 +2,10 @@
 
 The command line catches ``OnebitError`` and prints ``onebit CMD: error: <message>`` (one line) and exits
 with ``exit_code``. Each module raises the subclass that names its input; all are defined here so that
-callers (the CLI, the sweep runner) can catch the family, or one member, without importing heavy modules.
+callers (the CLI, the sweep runner) can catch the family, or one member, without importing heavy modules. :func:`warn` prints the one-line warning for what goes on regardless.
 """
+
+import sys
 
 
 class OnebitError(Exception):
@@ -59,3 +61,8 @@ def os_error_message(exc: OSError) -> str:
     reason = exc.strerror or str(exc) or type(exc).__name__
     names = [n for n in (exc.filename, exc.filename2) if n is not None]
     return f"{' -> '.join(map(str, names))}: {reason}" if names else reason
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (the run goes on)."""
+    print(f"onebit: warning: {message}", file=sys.stderr, flush=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from onebit.models import WideResNet
+from onebit.models.config import infer_dataset
 from onebit.export.packed import FORMAT as PACKED_FORMAT, load_packed
 from onebit.errors import CheckpointError
 from onebit.rundir import CHECKPOINT
@@ -40,3 +41,15 @@ def load_model_file(path: str | Path) -> tuple[WideResNet, dict[str, Any]]:
                        "train_config": train_config if isinstance(train_config, dict) else {}}
     raise CheckpointError(f"{path}: unknown model file format {fmt!r} (expected a onebit checkpoint "
                           f"or a packed .onebit model)")
+
+
+def recorded_dataset(model: WideResNet, info: dict[str, Any], given: str | None = None) -> tuple[str, str | None]:
+    """(dataset, data folder) of a model file, the one place that answers it: ``given`` (a ``--dataset``
+    option) wins, else what the file records (its training config; a packed file's ``extra`` metadata),
+    else the dataset the network's shape implies. The data folder is the recorded one (or None)."""
+    extra = info.get("extra") or {}
+    train_cfg = info.get("train_config") or extra.get("train_config") or {}
+    recorded = train_cfg.get("dataset") or extra.get("dataset")
+    dataset = given or (recorded if isinstance(recorded, str) else None) or infer_dataset(model.config)
+    data_dir = train_cfg.get("data_dir")
+    return dataset, data_dir if isinstance(data_dir, str) else None

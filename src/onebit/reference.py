@@ -31,6 +31,7 @@ from torch import nn
 
 from onebit.errors import ReferenceImportError
 from onebit.models import ReferenceLayout, WRNConfig, WideResNet
+from onebit.models.config import infer_dataset
 
 KERAS = "tf.keras"
 MATCONVNET = "MatConvNet"
@@ -55,7 +56,7 @@ class ImportedModel:
         cfg = self.model.config
         return {"source": "reference-import", "source_format": self.source_format,
                 "source_file": Path(self.source_file).name,
-                "dataset": "cifar100" if cfg.num_classes == 100 else "cifar10",
+                "dataset": infer_dataset(cfg),
                 "description": f"WRN-{cfg.depth}-{cfg.width}, {cfg.num_classes} classes, 1-bit weights + BN, "
                                f"imported from the reference implementation's {self.source_format} model"}
 

@@ -12,11 +12,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from onebit.errors import CheckpointError
-from onebit.rundir import atomic_output
+from onebit.atomic import atomic_output
 
 
 def atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | Path) -> None:
-    """Write a safetensors file atomically (``onebit.rundir.atomic_output``: temp file, fsync, rename)."""
+    """Write a safetensors file atomically (``onebit.atomic.atomic_output``: temp file, fsync, rename)."""
     path = Path(path)
     with atomic_output(path) as tmp:
         try:

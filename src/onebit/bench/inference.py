@@ -37,6 +37,7 @@ import torch
 from onebit.errors import ConfigError, DataError, OnebitError
 from onebit.export.c_program import lower
 from onebit.bench.machine import matmul_gflops
+from onebit.export.c_contract import EXPORT_INFO
 from onebit.export.fixed_point import MAX_CALIBRATION
 from onebit.models import WRNConfig, build_model, parse_wrn_name
 
@@ -213,7 +214,7 @@ def bench_model(spec: str, cfg: BenchConfig, images: np.ndarray, calib: np.ndarr
                 log("  c-int          skipped: no calibration images")
                 continue
             stats = _c_subject(exe, work / "images.bin", cfg, mode)
-            info = json.loads((src / "onebit_model.json").read_text())
+            info = json.loads((src / EXPORT_INFO).read_text())
             weight_bytes = int(re.search(r"ONEBIT_WEIGHT_BYTES (\d+)", (src / "onebit_config.h").read_text()).group(1))
             exe_bytes = exe.stat().st_size
             budget = exe_bytes + stats["arena_bytes"]

@@ -32,7 +32,7 @@ from onebit.models import WRNConfig, build_model
 from onebit.models.config import parse_wrn_name
 from onebit.models.summary import summarize
 from onebit.train.config import TrainConfig
-from onebit.train.loop import make_optimizer
+from onebit.train.optimizer import make_optimizer
 from onebit.train.precision import native_bf16_cpu
 from onebit.train.step import TrainStep, prepare_model
 

@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _write(path: Path, data: bytes) -> None:
-    from onebit.rundir import atomic_write_bytes
+    from onebit.atomic import atomic_write_bytes
 
     try:
         atomic_write_bytes(path, data)

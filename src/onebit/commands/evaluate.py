@@ -65,22 +65,20 @@ def run(args: argparse.Namespace) -> int:
     check_options(args)
     from onebit.data.cifar import load_cifar
     from onebit.data.imagenet import load_image_folder
-    from onebit.loading import load_model_file
+    from onebit.loading import load_model_file, recorded_dataset
     from onebit.train.device import select_device
     from onebit.train.evaluation import evaluate, evaluate_image_folder
 
     model, info = load_model_file(args.model)
     train_cfg = info.get("train_config") or {}
-    dataset = args.dataset or train_cfg.get("dataset") or (
-        "imagenet" if model.config.arch == "imagenet" else
-        "cifar100" if model.config.num_classes == 100 else "cifar10")
+    dataset, recorded_dir = recorded_dataset(model, info, args.dataset)
     imagenet = dataset == "imagenet"
     if args.crops != 1 and not imagenet:
         raise ConfigError("--crops 25 applies to ImageNet models only")
     if imagenet and args.engine != "torch":
         raise ConfigError("the C runtime does not run ImageNet models; use --engine torch")
-    data = (load_image_folder(args.data_dir or train_cfg.get("data_dir"), train=args.split == "train") if imagenet
-            else load_cifar(dataset, args.data_dir or train_cfg.get("data_dir"), train=args.split == "train"))
+    data = (load_image_folder(args.data_dir or recorded_dir, train=args.split == "train") if imagenet
+            else load_cifar(dataset, args.data_dir or recorded_dir, train=args.split == "train"))
     if len(data.classes) != model.config.num_classes:
         raise ConfigError(f"model has {model.config.num_classes} classes but {dataset} has {len(data.classes)}")
     if imagenet:
@@ -97,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
         logits = c_engine_logits(
             model, data.images, mode=args.c_mode, threads=args.threads, sources=args.c_sources, progress=None,
-            calibration=lambda: load_cifar(dataset, args.data_dir or train_cfg.get("data_dir"),
+            calibration=lambda: load_cifar(dataset, args.data_dir or recorded_dir,
                                            train=True).images[:args.calibrate])
         result = accuracy_from_logits(torch.from_numpy(logits), data.labels, model.config.num_classes)
         engine = (f"onebit C runtime, {'int16 fixed-point' if args.c_mode == 'int' else 'float32'} mode, "

@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 
 from onebit.errors import ConfigError
+from onebit.export.c_contract import EXPORT_INFO
 from onebit.export.targets import HOST, TARGETS
-from onebit.rundir import CHECKPOINT, remove_orphan_temps
+from onebit.atomic import remove_orphan_temps
+from onebit.rundir import CHECKPOINT
 
-C_EXPORT_MARKER = "onebit_model.json"      # written by onebit.export.c_runtime.export_c
 
 FORMATS = ("packed", "onnx", "c")
 
@@ -64,7 +65,7 @@ def check_output(out: Path, source: Path, fmt: str, force: bool) -> None:
     if fmt == "c":
         if out.exists() and not out.is_dir():
             raise ConfigError(f"-o {out}: exists and is not a folder (the C export writes a folder)")
-        if out.is_dir() and any(out.iterdir()) and not (out / C_EXPORT_MARKER).is_file() and not force:
+        if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_INFO).is_file() and not force:
             raise ConfigError(f"-o {out}: folder is not empty and holds no previous C export; choose a new "
                               f"folder or pass --force to write into it")
     else:
@@ -81,14 +82,14 @@ def class_names(model, info: dict, args: argparse.Namespace) -> list[str] | None
     names = extra.get("class_names")
     if isinstance(names, list) and len(names) == model.config.num_classes and all(isinstance(n, str) for n in names):
         return names
-    train_cfg = info.get("train_config") or extra.get("train_config") or {}
-    dataset = args.dataset or train_cfg.get("dataset") or (
-        "cifar100" if model.config.num_classes == 100 else "cifar10")
+    from onebit.loading import recorded_dataset
+
+    dataset, data_dir = recorded_dataset(model, info, args.dataset)
     if dataset not in ("cifar10", "cifar100"):
         return None
     from onebit.data.cifar import known_class_names
 
-    names = known_class_names(dataset, args.data_dir or train_cfg.get("data_dir"))
+    names = known_class_names(dataset, args.data_dir or data_dir)
     return names if names and len(names) == model.config.num_classes else None
 
 
@@ -130,11 +131,12 @@ def run(args: argparse.Namespace) -> int:
         if args.calibrate > 0:
             from onebit.data.cifar import load_cifar
 
-            train_cfg = info.get("train_config") or {}
-            dataset = args.dataset or train_cfg.get("dataset") or (
-                "cifar100" if model.config.num_classes == 100 else "cifar10")
-            calibration = load_cifar(dataset, args.data_dir or train_cfg.get("data_dir"),
-                                     train=True).images[:args.calibrate]
+            from onebit.loading import recorded_dataset
+
+            dataset, data_dir = recorded_dataset(model, info, args.dataset)
+            if dataset not in ("cifar10", "cifar100"):
+                raise ConfigError(f"--calibrate reads CIFAR training images; {args.model} is a {dataset} model")
+            calibration = load_cifar(dataset, args.data_dir or data_dir, train=True).images[:args.calibrate]
             print(f"calibrating the integer mode on {len(calibration)} {dataset} training images ...",
                   file=sys.stderr, flush=True)
         export_c(model, out, calibration_images=calibration, target=args.target,

@@ -37,7 +37,8 @@ from onebit.experiments.runner import (Outcome, git_commit, make_record, pending
                                        train_or_resume)
 from onebit.experiments.store import ResultsStore, RunRecord
 from onebit.experiments.sweep import PlannedRun
-from onebit.rundir import WORKER, RunDir, atomic_write_json
+from onebit.atomic import atomic_write_json
+from onebit.rundir import WORKER, RunDir
 from onebit.train.config import TrainConfig
 
 LOCK_WAIT_S = 120.0       # how long a task waits for a run folder held by a dying process (NFS: lease time)

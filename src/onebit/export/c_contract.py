@@ -22,6 +22,9 @@ ARENA_ALIGN = 16
 SLOT_ALIGN = 64
 
 MODES = {"float": 0, "int": 1}
+# The exported project's description (model id, config, arena sizes, scales): export_c writes it; the
+# binding, `onebit export` (to recognise a previous export) and the benchmark read it.
+EXPORT_INFO = "onebit_model.json"
 
 
 @dataclass(frozen=True)

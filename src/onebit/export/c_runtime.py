@@ -26,7 +26,7 @@ import torch
 
 from onebit.errors import ConfigError, OnebitError
 from onebit.export import c_contract
-from onebit.export.c_contract import NCO, SLOT_ALIGN, kind_name
+from onebit.export.c_contract import EXPORT_INFO, NCO, SLOT_ALIGN, kind_name
 from onebit.export.c_program import Program, lower, model_fingerprint
 from onebit.export.fixed_point import QParams, calibrate
 from onebit.export.targets import HOST, get_target
@@ -36,8 +36,6 @@ TEMPLATES = Path(__file__).with_name("c_templates")
 STATIC_FILES = ("onebit.h", "onebit_internal.h", "onebit.c", "ob_kernels_portable.h", "ob_kernels_avx2.h",
                 "ob_kernels_avx512.h", "ob_kernels_neon.h", "ob_kernels_dsp.h", "ob_output_step.h", "onebit_demo.c",
                 "Makefile", "README.txt")
-GENERATED_FILES = ("onebit_contract.h", "onebit_config.h", "onebit_model.h", "onebit_target.mk",
-                   "onebit_model.json")
 # bare-metal targets (Cortex-M): reset code, linker scripts, semihosting harness, `make firmware`
 BARE_METAL_FILES = ("cortex-m/firmware.mk", "cortex-m/onebit_mcu.c", "cortex-m/startup_cortexm.c",
                     "cortex-m/ob_semihost.c", "cortex-m/ob_semihost.h", "cortex-m/boards/cortex-m-sections.ld")
@@ -404,15 +402,15 @@ def export_c(model, out_dir: Path, *, image_size: int = 32, calibration_images=N
                 "arena_bytes_int": plan.total_i, "arena_overlap": plan.overlap,
                 "qparams": qp.to_dict() if qp is not None else None,
                 "class_names": list(class_names) if class_names else None}
-        (out_dir / "onebit_model.json").write_text(json.dumps(meta, indent=1))
+        (out_dir / EXPORT_INFO).write_text(json.dumps(meta, indent=1))
     except OSError as exc:
         raise OnebitError(f"cannot write the C runtime to {out_dir}: {exc}") from None
     return out_dir
 
 
 def read_export_info(out_dir: Path) -> dict:
-    """The ``onebit_model.json`` written by :func:`export_c`."""
-    path = Path(out_dir) / "onebit_model.json"
+    """The ``onebit_model.json`` (``c_contract.EXPORT_INFO``) written by :func:`export_c`."""
+    path = Path(out_dir) / EXPORT_INFO
     try:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as exc:

@@ -21,6 +21,14 @@ def parse_wrn_name(name: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
+def infer_dataset(config: "WRNConfig") -> str:
+    """The dataset a network's shape implies when nothing records it: ImageNet for the ImageNet WRN, else
+    CIFAR-100 for 100 classes, else CIFAR-10."""
+    if config.arch == "imagenet":
+        return "imagenet"
+    return "cifar100" if config.num_classes == 100 else "cifar10"
+
+
 def default_temperature(num_classes: int, weight_bits: int) -> float:
     """The paper's head temperature T: 40 (CIFAR-10, 1-bit), 80 (CIFAR-10, 32-bit), 25 (CIFAR-100)."""
     if num_classes >= 100:

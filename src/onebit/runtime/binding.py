@@ -115,7 +115,7 @@ def compile_export(src: str | Path, *, simd: str = "native", threads: int | None
             if res.returncode != 0:
                 tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
                 raise OnebitError(f"compiling the C runtime failed: {' / '.join(tail)}")
-            shutil.copyfile(src / "onebit_model.json", lib_dir / "onebit_model.json")
+            shutil.copyfile(src / c_contract.EXPORT_INFO, lib_dir / c_contract.EXPORT_INFO)
             os.replace(tmp, lib)
         finally:
             Path(tmp).unlink(missing_ok=True)
@@ -135,7 +135,7 @@ def build_runtime(model, *, calibration_images=None, calibration_count: int = 25
                    calib.tobytes() if calib is not None else b"no-int"])
     out = Path(cache_dir) / "c_runtime" if cache_dir else cache_root()
     src = out / f"src-{key}"
-    if not (src / "onebit_model.json").is_file():
+    if not (src / c_contract.EXPORT_INFO).is_file():
         calibrating = f", calibrating the integer mode on {len(calib)} images" if calib is not None else ""
         print(f"exporting {model.config.name} as C sources{calibrating} (first use, cached in {src}) ...",
               file=sys.stderr, flush=True)

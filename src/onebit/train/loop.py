@@ -16,7 +16,6 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,78 +24,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from onebit.data.batches import rank_slice
-from onebit.data.cifar import CifarSplit, load_cifar
-from onebit.data.imagenet import ImageFolderSplit, load_image_folder
-from onebit.data.splits import validation_split
+from onebit.data.splits import load_splits
 from onebit.errors import ConfigError, OnebitError, TrainingDiverged
 from onebit.models import WideResNet, build_model
-from onebit.nn import BinaryConv2d
-from onebit.rundir import RunDir, warn
+from onebit.errors import warn
+from onebit.rundir import RunDir
 from onebit.train.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
 from onebit.train.config import NOT_RESULT_SETTINGS, TrainConfig
 from onebit.train.distributed import DistEnv, all_reduce_sum, device_for, distributed_context
 from onebit.train.evaluation import metric_sums, predict_batches
 from onebit.train.precision import describe, inference_autocast, resolve_amp
+from onebit.train.optimizer import make_optimizer
 from onebit.train.schedules import learning_rate
 from onebit.train.sources import make_source, split_batches
 from onebit.train.step import TrainStep, prepare_model
 from onebit.train.threads import default_threads
-
-
-@dataclass
-class Datasets:
-    train: CifarSplit | ImageFolderSplit
-    val: CifarSplit | ImageFolderSplit | None
-    test: CifarSplit | ImageFolderSplit
-
-
-def load_datasets(cfg: TrainConfig) -> Datasets:
-    """Train / optional validation / test splits; the validation images come out of the training set."""
-    if cfg.dataset == "imagenet":
-        return _load_image_folders(cfg)
-    train = load_cifar(cfg.dataset, cfg.data_dir, train=True)
-    test = load_cifar(cfg.dataset, cfg.data_dir, train=False)
-    val = None
-    if cfg.val_size:
-        val_idx, rest = validation_split(len(train), cfg.val_size)
-        train_idx = rest.sort().values
-        val = CifarSplit(train.images[val_idx], train.labels[val_idx], train.classes)
-        train = CifarSplit(train.images[train_idx], train.labels[train_idx], train.classes)
-    if cfg.train_limit:
-        train = CifarSplit(train.images[:cfg.train_limit], train.labels[:cfg.train_limit], train.classes)
-    if len(train) < cfg.batch_size:
-        raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(train)} training images")
-    return Datasets(train, val, test)
-
-
-def _load_image_folders(cfg: TrainConfig) -> Datasets:
-    """ImageFolder train/ and val/ (the test split); validation and ``train_limit`` are seeded subsets."""
-    train = load_image_folder(cfg.data_dir, train=True)
-    test = load_image_folder(cfg.data_dir, train=False)
-    if len(train.classes) != cfg.num_classes:
-        raise ConfigError(f"{train.root} has {len(train.classes)} classes but the model has {cfg.num_classes}; "
-                          f"pass --classes {len(train.classes)}")
-    val_idx, order = validation_split(len(train), cfg.val_size)
-    val = train.subset(val_idx.sort().values) if cfg.val_size else None
-    if cfg.train_limit:
-        order = order[:cfg.train_limit]
-    if cfg.val_size or cfg.train_limit:
-        train = train.subset(order.sort().values)
-    if len(train) < cfg.batch_size:
-        raise ConfigError(f"batch_size {cfg.batch_size} exceeds the {len(train)} training images")
-    return Datasets(train, val, test)
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.SGD:
-    """SGD with momentum; weight decay only on conv weights (the latent full-precision ones).
-
-    ``fused``: one CUDA kernel for the whole update (parameters must be on a GPU).
-    """
-    conv = [m.weight for m in model.modules() if isinstance(m, BinaryConv2d)]
-    conv_ids = {id(p) for p in conv}
-    other = [p for p in model.parameters() if id(p) not in conv_ids]
-    groups = [{"params": conv, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=False, fused=fused or None)
 
 
 @torch.no_grad()
@@ -171,7 +113,8 @@ class Trainer:
         self.device = device_for(cfg.device, DistEnv(rank, world_size, local_rank))
         if self.device.type == "cpu":
             torch.set_num_threads(default_threads(cfg.num_threads))
-        self.data = load_datasets(cfg)
+        self.data = load_splits(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, train_limit=cfg.train_limit,
+                                batch_size=cfg.batch_size, num_classes=cfg.num_classes)
         self.source = make_source(self.data.train, cfg, self.device, rank, world_size)
         self.steps_per_epoch = self.source.steps_per_epoch
         torch.manual_seed(cfg.seed)
