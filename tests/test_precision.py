@@ -128,5 +128,7 @@ def test_compiled_training_step_on_the_cpu_matches_eager():
         results[compiled] = losses, [p.detach().clone() for p in net.parameters()]
     (eager_losses, eager_weights), (compiled_losses, compiled_weights) = results[False], results[True]
     assert compiled_losses == pytest.approx(eager_losses, rel=1e-5) and eager_losses[2] < eager_losses[0]
-    for a, b in zip(eager_weights, compiled_weights):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    # fused kernels round differently: all parameters together within 1e-4 (relative L2), each within 1e-5
+    flat_e, flat_c = torch.cat([a.flatten() for a in eager_weights]), torch.cat([b.flatten() for b in compiled_weights])
+    assert float((flat_e - flat_c).norm()) <= 1e-4 * float(flat_e.norm())
+    assert max(float((a - b).abs().max()) for a, b in zip(eager_weights, compiled_weights)) <= 1e-5
