@@ -193,3 +193,35 @@ def test_report_of_a_store_holding_an_imagenet_run(tmp_path):
     (row,) = table_rows(report, "## Cost")
     assert row["network"] == "WRN-10-1"
     assert int(row["parameters"].replace(",", "")) == inference_parameters(build_model(cfg.model_config()))
+
+
+def test_bf16_and_float32_twins_are_compared_by_seed(tmp_path):
+    """The report pairs runs that differ only in amp by seed; the interval is the paired t interval,
+    computed here by hand (t quantile for 2 degrees of freedom: 4.302653)."""
+    from onebit.experiments.store import RunRecord
+    from onebit.train.config import TrainConfig
+
+    val = {False: [0.60, 0.62, 0.61], True: [0.59, 0.62, 0.60]}
+    with ResultsStore(tmp_path / "runs.db") as store:
+        for amp, accs in val.items():
+            for seed, acc in enumerate(accs):
+                cfg = TrainConfig(depth=8, width=1, epochs=1, seed=seed, amp=amp, val_size=100)
+                final = {"epochs": 1, "val_acc": acc, "test_acc": acc - 0.01, "best": {}, "elapsed_s": 1.0}
+                store.record(RunRecord(cfg.hash(), cfg.to_dict(), final, [{"epoch": 1, "val_acc": acc}],
+                                       wall_time_s=1.0, train_images_per_s=10.0, device="cpu"))
+        other = TrainConfig(depth=8, width=2, epochs=1, seed=0, amp=True, val_size=100)      # no twin
+        store.record(RunRecord(other.hash(), other.to_dict(), {"epochs": 1, "val_acc": 0.7, "test_acc": 0.7,
+                                                               "best": {}}, [], device="cpu"))
+    assert main(["report", str(tmp_path / "runs.db"), "-o", str(tmp_path / "out")]) == 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    rows = table_rows(report, "## Number format: bf16 autocast vs float32")
+    assert [(r["network"], r["metric"]) for r in rows] == [("WRN-8-1", "validation"), ("WRN-8-1", "test")]
+    d = np.array(val[True]) - np.array(val[False])
+    half = 4.302653 * d.std(ddof=1) / math.sqrt(3)
+    for row, fp32_mean in zip(rows, ("61.00", "60.00")):          # test accuracies are 1 point lower
+        assert row["seeds"] == "3" and row["float32 acc. %"] == f"{fp32_mean} ± 1.00"
+        assert row["bf16 - float32 (points)"] == f"{100 * d.mean():+.2f}" == "-0.67"
+        low, high = (float(x) for x in row["95% CI (paired t)"].split(" to "))
+        assert low == pytest.approx(100 * (d.mean() - half), abs=0.006)
+        assert high == pytest.approx(100 * (d.mean() + half), abs=0.006)
+        assert row["mean within 1.0 point"] == "yes"

@@ -108,8 +108,11 @@ def lr_schedules(variants: list[Variant], epochs_of: Callable[[str], list[dict[s
     for key, v in seen.items():
         schedule, epochs, first, lr, lr_min = json.loads(key)
         recorded = epochs_of(v.runs[0]["config_hash"])
-        per_epoch = max(1, round(recorded[0]["images_per_s"] * recorded[0]["epoch_time_s"]
-                                 / v.settings["batch_size"])) if recorded else 100
+        first_epoch = recorded[0] if recorded else {}
+        timed = first_epoch.get("images_per_s") is not None and first_epoch.get("epoch_time_s") is not None
+        per_epoch = max(1, round(first_epoch["images_per_s"] * first_epoch["epoch_time_s"]
+                                 / v.settings["batch_size"])) if timed else 100
+        recorded = [e for e in recorded if e.get("lr") is not None]
         steps = np.arange(epochs * per_epoch)
         rates = [learning_rate(int(t), per_epoch, epochs, schedule, lr, lr_min, first) for t in steps]
         label = f"{schedule}, {epochs} epochs" + (f", first cycle {first}" if schedule == "restarts" else "")

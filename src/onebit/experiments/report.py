@@ -14,9 +14,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from onebit.experiments import figures
-from onebit.experiments.stats import (CONFIDENCE, Margin, Summary, Variant, config_with_defaults, design_name,
-                                      group_variants, margins, varying_settings)
+from onebit.experiments.stats import (CONFIDENCE, Margin, PairedDifference, Summary, Variant, config_with_defaults,
+                                      design_name, format_differences, group_variants, margins, varying_settings)
 from onebit.experiments.store import ResultsStore
 from onebit.models.summary import summarize
 from onebit.presets import PUBLISHED_ACCURACY
@@ -119,6 +121,28 @@ def margin_table(ms: list[Margin]) -> str:
     return markdown_table(header, rows)
 
 
+def format_table(diffs: list[PairedDifference], tolerance: float = 0.01) -> str:
+    """bf16 vs float32 twins: both means over the common seeds, the paired difference with its interval,
+    and whether the mean difference is within +-``tolerance``."""
+    header = ["dataset", "network", "metric", "seeds", "float32 acc. %", "bf16 acc. %", "bf16 - float32 (points)",
+              f"{CONFIDENCE:.0%} CI (paired t)", "p", f"mean within {100 * tolerance:.1f} point"]
+    rows = []
+    for d in diffs:
+        s = d.fp32.settings
+        ci = "–" if not d.decided else f"{100 * d.low:+.2f} to {100 * d.high:+.2f}"
+        means = []
+        for variant in (d.fp32, d.bf16):
+            by_seed = {r["seed"]: r[d.metric] for r in variant.runs}
+            means.append(mean_std(Summary.of(np.array([by_seed[x] for x in d.seeds], dtype=float)), error=False))
+        rows.append([DATASET_NAMES.get(s["dataset"], s["dataset"]), f"WRN-{s['depth']}-{s['width']}",
+                     METRIC_NAMES.get(d.metric, d.metric), len(d.seeds), *means, f"{100 * d.diff:+.2f}", ci,
+                     "–" if not d.decided else f"{d.p_value:.3g}", "yes" if abs(d.diff) <= tolerance else "no"])
+    return markdown_table(header, rows)
+
+
+METRIC_NAMES = {"val_acc": "validation", "test_acc": "test"}
+
+
 def _bytes(n: float) -> str:
     return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
@@ -215,6 +239,12 @@ def write_report(store_path: str | Path, out_dir: str | Path, where: list[tuple[
         out += [margin_table(ms), ""] + [f"* {margin_sentence(m)}" for m in ms] + [""]
     else:
         out += ["No dataset / size / bit-depth has runs of both designs.", ""]
+    diffs = [d for metric in ("val_acc", "test_acc") for d in format_differences(variants, metric)]
+    if diffs:
+        out += ["## Number format: bf16 autocast vs float32", "",
+                "Twins that differ only in `amp`, trained with the same seeds: accuracy (mean ± sample std over "
+                f"the common seeds) and the mean paired difference bf16 - float32 with its {CONFIDENCE:.0%} "
+                "paired-t confidence interval.", "", format_table(diffs), ""]
     out += ["## Figures", ""]
     for dataset in sorted({v.settings["dataset"] for v in variants}):
         name = DATASET_NAMES.get(dataset, dataset)

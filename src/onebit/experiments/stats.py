@@ -9,6 +9,9 @@
   interval is Welch's t interval over the seeds of the two variants (unequal variances,
   Welch-Satterthwaite degrees of freedom; ``scipy.stats.ttest_ind(equal_var=False)``); the margin is
   called significant when the interval excludes 0.
+* The number format (``amp``: bf16 autocast or float32) is compared on twins: variants that differ only in
+  ``amp``, trained with the same seeds. ``diff = mean over seeds of (acc_bf16 - acc_fp32)`` with the paired
+  t interval (``scipy.stats.ttest_rel``), which removes the seed-to-seed spread the two share.
 """
 
 from __future__ import annotations
@@ -87,6 +90,49 @@ class Margin:
     @property
     def significant(self) -> bool:
         return self.decided and (self.low > 0 or self.high < 0)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """bf16 minus float32 accuracy (fractions) of two variants that differ only in ``amp``, paired by seed."""
+
+    fp32: Variant
+    bf16: Variant
+    metric: str
+    seeds: tuple[int, ...]
+    diff: float
+    low: float           # CI bounds; nan with fewer than 2 paired seeds
+    high: float
+    p_value: float
+
+    @property
+    def decided(self) -> bool:
+        return not math.isnan(self.low)
+
+
+def format_differences(variants: list[Variant], metric: str = "test_acc") -> list[PairedDifference]:
+    """Every float32 / bf16 pair of variants (same settings but ``amp``), compared on their common seeds."""
+    pairs: dict[str, dict[bool, Variant]] = {}
+    for v in variants:
+        if isinstance(v.settings.get("amp"), bool):
+            pairs.setdefault(variant_key(v.settings, NOT_VARIANT | {"amp"}), {})[v.settings["amp"]] = v
+    out = []
+    for pair in pairs.values():
+        if set(pair) != {False, True}:
+            continue
+        fp32 = {r["seed"]: r.get(metric) for r in pair[False].runs}
+        bf16 = {r["seed"]: r.get(metric) for r in pair[True].runs}
+        seeds = tuple(sorted(s for s in fp32 if s in bf16 and fp32[s] is not None and bf16[s] is not None))
+        if not seeds:
+            continue
+        a, b = np.array([fp32[s] for s in seeds]), np.array([bf16[s] for s in seeds])
+        low = high = p = math.nan
+        if len(seeds) >= 2:
+            res = stats.ttest_rel(b, a)
+            ci = res.confidence_interval(CONFIDENCE)
+            low, high, p = float(ci.low), float(ci.high), float(res.pvalue)
+        out.append(PairedDifference(pair[False], pair[True], metric, seeds, float((b - a).mean()), low, high, p))
+    return sorted(out, key=lambda d: sort_key(d.fp32))
 
 
 def design_name(norm: str) -> str:
