@@ -1,8 +1,9 @@
 """The main job's time-vs-accuracy frontier: every stored run of the main-job sweeps, one point each.
 
 x: the run's training time on this project's 2-core machine, idle, at the default thread setting,
-estimated as (epochs x training images) / (the architecture's idle training images/s, kept with how it
-was measured in ``throughput.json``), so that runs trained under other loads compare; y: validation
+estimated as (epochs x training images) / (the architecture's idle training images/s in its number format,
+"wrn-8-1" float32, "wrn-8-1 bf16" bf16 autocast, kept with how it was measured in ``throughput.json``), so
+that runs trained under other loads compare; y: validation
 accuracy (the 5,000 held-out training images the choice was made on). The frontier joins the runs no
 other run beats in both.
 
@@ -29,7 +30,7 @@ def load_points(folder: Path) -> list[dict]:
     for config_json, val_acc, test_acc, sweep in db.execute(
             "SELECT config_json, val_acc, test_acc, sweep FROM runs ORDER BY recorded_at"):
         cfg = json.loads(config_json)
-        arch = f"wrn-{cfg['depth']}-{cfg['width']}"
+        arch = f"wrn-{cfg['depth']}-{cfg['width']}" + (" bf16" if cfg.get("amp") else "")
         if arch not in rates or val_acc is None:
             continue
         images = 50000 - cfg["val_size"] if not cfg["train_limit"] else cfg["train_limit"]

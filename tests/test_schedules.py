@@ -31,3 +31,13 @@ def test_warm_restarts_restart_at_max():
 def test_unknown_schedule():
     with pytest.raises(ValueError):
         learning_rate(0, 1, 1, "step", 0.1, 0.0)
+
+
+def test_warmup_ramps_linearly_up_to_the_schedule_then_follows_it():
+    spe, epochs = 10, 5
+    plain = [learning_rate(t, spe, epochs, "cosine", 0.1, 0.0) for t in range(spe * epochs)]
+    warm = [learning_rate(t, spe, epochs, "cosine", 0.1, 0.0, warmup_epochs=2) for t in range(spe * epochs)]
+    assert warm[0] == pytest.approx(plain[0] / 20) and warm[9] == pytest.approx(plain[9] * 10 / 20)
+    assert all(w == pytest.approx(p * (t + 1) / 20) for t, (w, p) in enumerate(zip(warm[:20], plain[:20])))
+    assert warm[20:] == plain[20:]
+    assert learning_rate(0, spe, epochs, "restarts", 0.1, 0.0, 2, warmup_epochs=1) == pytest.approx(0.01)

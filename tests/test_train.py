@@ -13,6 +13,7 @@ from onebit.train.checkpoint import load_checkpoint
 from onebit.train.config import TrainConfig
 from onebit.train.loop import Trainer, recompute_bn_statistics, train
 from onebit.train.optimizer import make_optimizer
+from onebit.train.step import TrainStep
 
 
 def tiny(data_dir, **kw):
@@ -226,3 +227,31 @@ def test_a_network_too_large_to_train_is_refused_before_it_is_built():
     with pytest.raises(ConfigError, match="conv weights, above the limit"):
         TrainConfig(depth=200, width=200)
     assert TrainConfig(depth=20, width=10).model_config().conv_weight_estimate() < 3e7   # the paper's WRN-20-10
+
+
+def test_label_smoothing_changes_the_training_loss_as_cross_entropy_defines_it():
+    torch.manual_seed(0)
+    net = build_model(WRNConfig(depth=8, width=1))
+    x, y = torch.randint(0, 256, (6, 3, 32, 32)).float(), torch.arange(6)
+    with torch.no_grad():
+        logits = net(x)
+    log_p = logits.log_softmax(1)
+    want = {0.0: float(-log_p[torch.arange(6), y].mean()),
+            0.2: float(-(0.8 * log_p[torch.arange(6), y] + 0.2 * log_p.mean(1)).mean())}
+    for smoothing, expected in want.items():
+        torch.manual_seed(0)
+        net = build_model(WRNConfig(depth=8, width=1))
+        step = TrainStep(net, make_optimizer(net, tiny(".", epochs=1)), torch.device("cpu"), amp=False,
+                         channels_last=False, label_smoothing=smoothing)
+        loss, _ = step(x, y, 0.0)
+        assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_new_recipe_options_keep_the_hash_of_runs_that_do_not_use_them():
+    base = TrainConfig(depth=8, width=1)
+    assert base.replace(label_smoothing=0.0, warmup_epochs=0).hash() == base.hash()
+    assert base.replace(label_smoothing=0.1).hash() != base.hash() != base.replace(warmup_epochs=1).hash()
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        TrainConfig(epochs=3, warmup_epochs=3)
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        TrainConfig(label_smoothing=1.0)

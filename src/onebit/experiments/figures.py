@@ -103,10 +103,11 @@ def lr_schedules(variants: list[Variant], epochs_of: Callable[[str], list[dict[s
     seen: dict[str, Variant] = {}
     for v in variants:
         s = v.settings
-        key = json.dumps([s["schedule"], s["epochs"], s["first_cycle"], s["lr"], s["lr_min"]])
+        key = json.dumps([s["schedule"], s["epochs"], s["first_cycle"], s["lr"], s["lr_min"],
+                          s.get("warmup_epochs", 0)])
         seen.setdefault(key, v)
     for key, v in seen.items():
-        schedule, epochs, first, lr, lr_min = json.loads(key)
+        schedule, epochs, first, lr, lr_min, warmup = json.loads(key)
         recorded = epochs_of(v.runs[0]["config_hash"])
         first_epoch = recorded[0] if recorded else {}
         timed = first_epoch.get("images_per_s") is not None and first_epoch.get("epoch_time_s") is not None
@@ -114,7 +115,7 @@ def lr_schedules(variants: list[Variant], epochs_of: Callable[[str], list[dict[s
                                  / v.settings["batch_size"])) if timed else 100
         recorded = [e for e in recorded if e.get("lr") is not None]
         steps = np.arange(epochs * per_epoch)
-        rates = [learning_rate(int(t), per_epoch, epochs, schedule, lr, lr_min, first) for t in steps]
+        rates = [learning_rate(int(t), per_epoch, epochs, schedule, lr, lr_min, first, warmup) for t in steps]
         label = f"{schedule}, {epochs} epochs" + (f", first cycle {first}" if schedule == "restarts" else "")
         line, = ax.plot((steps + 1) / per_epoch, rates, label=f"{label} ({per_epoch} steps/epoch)")
         ax.plot([e["epoch"] for e in recorded], [e["lr"] for e in recorded], "o", color=line.get_color(),

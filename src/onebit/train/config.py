@@ -21,7 +21,8 @@ from onebit.models.limits import MAX_DIM
 from onebit.train.schedules import SCHEDULES
 
 DATASET_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
-ADDED_FIELDS = {"classes", "crop_size", "resize_size"}  # hashed only when not at their defaults
+ADDED_FIELDS = {"classes", "crop_size", "resize_size", "label_smoothing", "warmup_epochs"}  # hashed only when not
+# at their defaults
 # Settings that do not change a run's results (paths, devices, speed options): left out of the config hash,
 # ignored when grouping runs into variants, and the ones a resumed run may change.
 NOT_RESULT_SETTINGS = frozenset({"data_dir", "device", "num_threads", "eval_batch_size", "compile", "workers"})
@@ -68,9 +69,12 @@ class TrainConfig:
     lr: float = option(0.1, "peak learning rate")
     lr_min: float = option(1e-5, "final learning rate of each cosine cycle")
     first_cycle: int = option(2, "length in epochs of the first warm-restart cycle")
+    warmup_epochs: int = option(0, "linear learning-rate warm-up: the schedule's rate scaled by (step+1)/steps "
+                                   "over the first N epochs (0 = off, as the paper)")
     batch_size: int = option(125, "global batch size")
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(5e-4, "weight decay on conv weights")
+    label_smoothing: float = option(0.0, "label smoothing of the training loss, 0..<1 (0 = off, as the paper)")
     # augmentation
     translate: int = option(4, "max random translation in pixels (0 = off)")
     flip: bool = option(True, "random horizontal flips")
@@ -98,6 +102,9 @@ class TrainConfig:
             (self.lr_min <= self.lr, f"lr_min {self.lr_min} must not exceed lr {self.lr}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}"),
             (self.first_cycle >= 1, "first_cycle must be >= 1"),
+            (0 <= self.warmup_epochs < self.epochs,
+             f"warmup_epochs must be 0..epochs-1, got {self.warmup_epochs} for {self.epochs} epochs"),
+            (0 <= self.label_smoothing < 1, f"label_smoothing must be in 0..<1, got {self.label_smoothing}"),
             (self.val_size >= 0 and self.train_limit >= 0, "val_size and train_limit must be >= 0"),
             (self.weight_decay >= 0 and 0 <= self.momentum < 1, "need weight_decay >= 0, 0 <= momentum < 1"),
             (0 <= self.translate <= 16 and 0 <= self.cutout <= 32, "translate must be 0..16, cutout 0..32"),

@@ -127,7 +127,7 @@ class Trainer:
         self.best: dict[str, Any] = {}
         self.elapsed = 0.0
         self.step_fn = TrainStep(self.model, self.optimizer, self.device, cfg.amp, cfg.channels_last,
-                                 world_size, cfg.batch_size)
+                                 world_size, cfg.batch_size, cfg.label_smoothing)
 
     # ----- state -----
     @property
@@ -178,7 +178,7 @@ class Trainer:
         for i, (x, y) in enumerate(bar):
             step = self.epoch * self.steps_per_epoch + i
             lr = learning_rate(step, self.steps_per_epoch, cfg.epochs, cfg.schedule, cfg.lr, cfg.lr_min,
-                               cfg.first_cycle)
+                               cfg.first_cycle, cfg.warmup_epochs)
             loss, hits = self.step_fn(x, y, lr)
             loss_sum += loss * len(y)
             correct += hits

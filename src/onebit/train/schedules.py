@@ -4,6 +4,8 @@
 * ``restarts`` (SGDR, Loshchilov & Hutter 2017): cycles of first, 2*first, 4*first, ... epochs
   (2, 4, ..., 128 = 254 epochs for CIFAR; 2..32 = 62 for ImageNet), the same cosine within each cycle,
   restarting at lr_max. If the run's epochs do not end on a cycle boundary the last cycle is cut short.
+* warm-up (optional, not the paper's): over the first ``warmup_epochs`` the schedule's rate is scaled by
+  (t + 1) / (warmup_epochs * steps per epoch), a linear ramp up to the schedule.
 """
 
 from __future__ import annotations
@@ -28,8 +30,15 @@ def cosine(t: float, period: float, lr_max: float, lr_min: float) -> float:
 
 
 def learning_rate(step: int, steps_per_epoch: int, epochs: int, schedule: str, lr_max: float,
-                  lr_min: float, first_cycle: int = 2) -> float:
+                  lr_min: float, first_cycle: int = 2, warmup_epochs: int = 0) -> float:
     """The learning rate for optimizer step ``step`` (0-based, counted over the whole run)."""
+    rate = _scheduled(step, steps_per_epoch, epochs, schedule, lr_max, lr_min, first_cycle)
+    warmup = warmup_epochs * steps_per_epoch
+    return rate * (step + 1) / warmup if step < warmup else rate
+
+
+def _scheduled(step: int, steps_per_epoch: int, epochs: int, schedule: str, lr_max: float, lr_min: float,
+               first_cycle: int) -> float:
     if schedule == "cosine":
         return cosine(step, epochs * steps_per_epoch, lr_max, lr_min)
     if schedule == "restarts":

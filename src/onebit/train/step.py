@@ -46,15 +46,18 @@ def prepare_model(net: nn.Module, device: torch.device, channels_last: bool = Tr
 
 
 class TrainStep:
-    """forward -> cross-entropy -> backward -> SGD update, for one rank's slice of a global batch.
+    """forward -> cross-entropy (optionally label-smoothed) -> backward -> SGD update, for one rank's slice
+    of a global batch.
 
     With ``world_size > 1`` the slice's mean loss is scaled by ``local_n * world / global_n`` so that
     DDP's gradient average is the gradient of the global batch's mean loss.
     """
 
     def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
-                 amp: bool = True, channels_last: bool = True, world_size: int = 1, global_batch: int = 0):
+                 amp: bool = True, channels_last: bool = True, world_size: int = 1, global_batch: int = 0,
+                 label_smoothing: float = 0.0):
         self.module, self.optimizer, self.device = module, optimizer, device
+        self.label_smoothing = label_smoothing
         self.amp = amp
         self.channels_last = channels_last
         self.world_size, self.global_batch = world_size, global_batch
@@ -66,7 +69,7 @@ class TrainStep:
             x = x.contiguous(memory_format=torch.channels_last)
         with training_autocast(self.device.type, self.amp):
             logits = self.module(x)
-        loss = F.cross_entropy(logits.float(), y)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
         scaled = loss
         if self.world_size > 1:
             scaled = loss * loss_scale(len(y), self.global_batch, self.world_size)
