@@ -255,3 +255,44 @@ def test_new_recipe_options_keep_the_hash_of_runs_that_do_not_use_them():
         TrainConfig(epochs=3, warmup_epochs=3)
     with pytest.raises(ConfigError, match="label_smoothing"):
         TrainConfig(label_smoothing=1.0)
+
+
+def test_weight_average_follows_the_ema_recursion_and_becomes_the_final_model(tiny_cifar10, tmp_path):
+    """ema_0 = w_1 (the weights after the first step), ema_t = d ema_(t-1) + (1 - d) w_t; evaluation uses it,
+    and the finished run's model is the average."""
+    from onebit.train.loop import Trainer
+
+    d = 0.8
+    cfg = tiny(tiny_cifar10, epochs=1, ema_decay=d, amp=False)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    trajectory = []
+    original = trainer.step_fn.__call__
+
+    class Recording:
+        def __call__(self, x, y, lr):
+            out = original(x, y, lr)
+            trajectory.append({k: v.detach().clone() for k, v in trainer.net.named_parameters()})
+            return out
+
+    trainer.step_fn = Recording()
+    trainer.fit()
+    assert len(trajectory) == trainer.steps_per_epoch >= 2
+    want = dict(trajectory[0])
+    for weights in trajectory[1:]:
+        want = {k: d * want[k] + (1 - d) * weights[k] for k in want}
+    final = load_checkpoint(tmp_path / "run").model_state
+    for name, value in want.items():
+        assert torch.allclose(final[name], value, rtol=1e-5, atol=1e-7), name
+    assert any(not torch.equal(final[k], trajectory[-1][k]) for k in want)     # not the last weights
+
+
+def test_a_run_with_a_weight_average_resumes_exactly(tiny_cifar10, tmp_path):
+    cfg = tiny(tiny_cifar10, epochs=2, ema_decay=0.9)
+    train(cfg, tmp_path / "straight", progress=False)
+    train(cfg, tmp_path / "split", progress=False, stop_after=1)
+    assert load_checkpoint(tmp_path / "split").average_state
+    train(cfg, tmp_path / "split", resume=True, progress=False)
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
+    assert a.model_state.keys() == b.model_state.keys() and a.average_state.keys() == b.average_state.keys()
+    assert all(torch.equal(a.model_state[k], b.model_state[k]) for k in a.model_state)
+    assert all(torch.equal(a.average_state[k], b.average_state[k]) for k in a.average_state)

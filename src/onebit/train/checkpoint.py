@@ -1,6 +1,8 @@
 """Training checkpoints: one safetensors file (no pickle), written atomically.
 
-Tensors: ``model.<state-dict key>`` and ``optim.<param index>.momentum_buffer``. Metadata (all strings):
+Tensors: ``model.<state-dict key>``, ``optim.<param index>.momentum_buffer`` and, for runs that average their
+weights (``ema_decay``), ``ema.<state-dict key of the averaged model>`` (its ``n_averaged`` too). Metadata (all
+strings):
 ``format = onebit-checkpoint``, ``version``, ``model_config`` (JSON of WRNConfig), ``train_config`` (JSON),
 ``state`` (JSON: epoch, step, finished, best metrics, ...).
 """
@@ -8,6 +10,7 @@ Tensors: ``model.<state-dict key>`` and ``optim.<param index>.momentum_buffer``.
 from __future__ import annotations
 
 import json
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,7 @@ class Checkpoint:
     state: dict[str, Any]
     model_state: dict[str, torch.Tensor]
     optimizer_state: dict[str, torch.Tensor]
+    average_state: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
     def build_model(self) -> WideResNet:
         """A model with these weights, in eval mode, on the CPU."""
@@ -46,10 +50,14 @@ class Checkpoint:
 
 def save_checkpoint(path: str | Path, model: nn.Module, model_config: WRNConfig,
                     optimizer: torch.optim.Optimizer | None = None,
-                    train_config: dict[str, Any] | None = None, state: dict[str, Any] | None = None) -> None:
-    """Atomically write model weights, SGD momentum buffers and JSON metadata to ``path``."""
+                    train_config: dict[str, Any] | None = None, state: dict[str, Any] | None = None,
+                    average: nn.Module | None = None) -> None:
+    """Atomically write model weights, SGD momentum buffers, the weight average (a
+    ``torch.optim.swa_utils.AveragedModel``, if any) and JSON metadata to ``path``."""
     model = unwrap(model)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if average is not None:
+        tensors.update({f"ema.{k}": v for k, v in average.state_dict().items()})
     if optimizer is not None:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         for i, p in enumerate(params):
@@ -85,6 +93,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             raise ValueError(f"train_config is not a JSON object (got {type(train_config).__name__})")
         model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         optim_state = {k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")}
+        average_state = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
         expected = {k: tuple(v.shape) for k, v in meta_model(model_config, len(tensors)).state_dict().items()}
     except ValueError as exc:
         raise CheckpointError(f"{path}: corrupt checkpoint metadata: {exc}") from None
@@ -96,10 +105,15 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         if tuple(model_state[key].shape) != shape:
             raise CheckpointError(f"{path}: tensor model.{key} has shape {list(model_state[key].shape)}, "
                                   f"expected {list(shape)} for {model_config.name}")
-    problem = check_finite_constants({**model_state, **{f"optim.{k}": v for k, v in optim_state.items()}})
+    if average_state:
+        want = {f"module.{k}": tuple(v.shape) for k, v in model_state.items()} | {"n_averaged": ()}
+        if {k: tuple(v.shape) for k, v in average_state.items()} != want:
+            raise CheckpointError(f"{path}: its weight average (ema.*) does not match its model's weights")
+    problem = check_finite_constants({**model_state, **{f"optim.{k}": v for k, v in optim_state.items()},
+                                      **{f"ema.{k}": v for k, v in average_state.items()}})
     if problem:
         raise CheckpointError(f"{path}: {problem}")
-    return Checkpoint(model_config, train_config, state, model_state, optim_state)
+    return Checkpoint(model_config, train_config, state, model_state, optim_state, average_state)
 
 
 def _json_field(metadata: dict[str, str], key: str, default: str | None) -> Any:

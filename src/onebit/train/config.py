@@ -21,7 +21,7 @@ from onebit.models.limits import MAX_DIM
 from onebit.train.schedules import SCHEDULES
 
 DATASET_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
-ADDED_FIELDS = {"classes", "crop_size", "resize_size", "label_smoothing", "warmup_epochs"}  # hashed only when not
+ADDED_FIELDS = {"classes", "crop_size", "resize_size", "label_smoothing", "warmup_epochs", "ema_decay"}  # hashed only when not
 # at their defaults
 # Settings that do not change a run's results (paths, devices, speed options): left out of the config hash,
 # ignored when grouping runs into variants, and the ones a resumed run may change.
@@ -75,6 +75,8 @@ class TrainConfig:
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(5e-4, "weight decay on conv weights")
     label_smoothing: float = option(0.0, "label smoothing of the training loss, 0..<1 (0 = off, as the paper)")
+    ema_decay: float = option(0.0, "exponential moving average of the weights, decay per step, 0..<1 (0 = off, as "
+                                   "the paper; e.g. 0.999): evaluation and the final model use the average")
     # augmentation
     translate: int = option(4, "max random translation in pixels (0 = off)")
     flip: bool = option(True, "random horizontal flips")
@@ -105,6 +107,7 @@ class TrainConfig:
             (0 <= self.warmup_epochs < self.epochs,
              f"warmup_epochs must be 0..epochs-1, got {self.warmup_epochs} for {self.epochs} epochs"),
             (0 <= self.label_smoothing < 1, f"label_smoothing must be in 0..<1, got {self.label_smoothing}"),
+            (0 <= self.ema_decay < 1, f"ema_decay must be in 0..<1, got {self.ema_decay}"),
             (self.val_size >= 0 and self.train_limit >= 0, "val_size and train_limit must be >= 0"),
             (self.weight_decay >= 0 and 0 <= self.momentum < 1, "need weight_decay >= 0, 0 <= momentum < 1"),
             (0 <= self.translate <= 16 and 0 <= self.cutout <= 32, "translate must be 0..16, cutout 0..32"),

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from onebit.data.batches import rank_slice
@@ -123,6 +124,9 @@ class Trainer:
         self.net, self.model = prepare_model(build_model(self.model_config), self.device, cfg.channels_last,
                                              world_size, cfg.compile)
         self.optimizer = make_optimizer(self.net, cfg, fused=self.device.type == "cuda")
+        # the weight average (ema_decay > 0): updated after every step, evaluated, and the final model
+        self.average = (AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+                        if cfg.ema_decay else None)
         self.epoch = 0
         self.best: dict[str, Any] = {}
         self.elapsed = 0.0
@@ -141,7 +145,7 @@ class Trainer:
     def save(self, finished: bool = False) -> None:
         if self.rank == 0:
             save_checkpoint(self.checkpoint_path, self.net, self.model_config, self.optimizer,
-                            self.cfg.to_dict(), self.state(finished))
+                            self.cfg.to_dict(), self.state(finished), self.average)
 
     def resume(self) -> None:
         ckpt = load_checkpoint(self.checkpoint_path)
@@ -157,6 +161,11 @@ class Trainer:
                               f"run's {self.cfg.epochs} epochs")
         self.net.load_state_dict({k: v.to(self.device) for k, v in ckpt.model_state.items()})
         restore_optimizer(self.optimizer, ckpt.optimizer_state)
+        if self.average is not None:
+            if not ckpt.average_state:
+                raise ConfigError(f"{self.checkpoint_path}: the run averages its weights but the checkpoint "
+                                  f"holds no average")
+            self.average.load_state_dict({k: v.to(self.device) for k, v in ckpt.average_state.items()})
         self.epoch = ckpt.state["epoch"]
         self.best = ckpt.state["best"]
         self.elapsed = ckpt.state["elapsed_s"]
@@ -180,6 +189,8 @@ class Trainer:
             lr = learning_rate(step, self.steps_per_epoch, cfg.epochs, cfg.schedule, cfg.lr, cfg.lr_min,
                                cfg.first_cycle, cfg.warmup_epochs)
             loss, hits = self.step_fn(x, y, lr)
+            if self.average is not None:
+                self.average.update_parameters(self.net)
             loss_sum += loss * len(y)
             correct += hits
             seen += len(y)
@@ -198,6 +209,11 @@ class Trainer:
         return {"train_loss": loss_mean, "train_acc": float(totals[1] / totals[2]), "lr": lr,
                 "images_per_s": float(totals[2]) / seconds, "epoch_time_s": seconds}
 
+    @property
+    def evaluated(self) -> nn.Module:
+        """The network the metrics describe: the weight average when the run keeps one."""
+        return self.average.module if self.average is not None else self.net
+
     def _reduce(self, values: torch.Tensor) -> torch.Tensor:
         """Sum ``values`` over ranks (identity in a single process)."""
         return all_reduce_sum(values) if self.world_size > 1 else values
@@ -212,7 +228,7 @@ class Trainer:
             sums = torch.zeros(4, dtype=torch.float64, device=self.device)
             batches = split_batches(split, cfg.eval_batch_size, self.rank, self.world_size, self.device,
                                     crop_size=cfg.crop_size, resize_size=cfg.resize_size, workers=cfg.workers)
-            for logits, labels in predict_batches(self.net, batches, self.device, cfg.amp, cfg.channels_last):
+            for logits, labels in predict_batches(self.evaluated, batches, self.device, cfg.amp, cfg.channels_last):
                 sums += metric_sums(logits, labels)
             loss, top1, top5, count = self._reduce(sums).tolist()
             out.update({f"{name}_acc": top1 / count, f"{name}_top5": top5 / count, f"{name}_loss": loss / count})
@@ -247,9 +263,13 @@ class Trainer:
         return {"stopped_at_epoch": self.epoch, **row}
 
     def finish(self) -> dict[str, Any]:
+        if self.average is not None:      # the averaged weights become the run's model
+            self.net.load_state_dict(self.average.module.state_dict())
         if self.model_config.norm == "bn" and self.cfg.bn_recompute:
             recompute_bn_from_batches(self.net, self.source.plain_batches(self.cfg.eval_batch_size), self.device,
                                       self.cfg.amp)
+        if self.average is not None:      # ... and are what the final metrics describe
+            self.average.module.load_state_dict(self.net.state_dict())
         final = {"epochs": self.epoch, **self.evaluate_splits(), "best": self.best,
                  "elapsed_s": self.elapsed, "config_hash": self.cfg.hash()}
         if self.rank == 0:
