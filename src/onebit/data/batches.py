@@ -32,20 +32,20 @@ def steps_per_epoch(num_images: int, batch_size: int) -> int:
 
 
 def epoch_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int, epoch: int,
-                  augment: Augmentation | None, rank: int = 0,
-                  world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (augmented uint8 images, labels) for this rank's share of each global batch."""
+                  augment: Augmentation | None, rank: int = 0, world_size: int = 1,
+                  targets: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Yield (augmented uint8 images, labels) for this rank's share of each global batch; with ``targets``
+    (one row per image, e.g. a teacher's logits) each batch's rows come third."""
     gen = epoch_generator(seed, epoch, images.device)
     order = torch.randperm(len(labels), generator=gen, device=images.device)
     for step in range(steps_per_epoch(len(labels), batch_size)):
         idx = order[step * batch_size:(step + 1) * batch_size]
-        x, y = images[idx], labels[idx]
+        batch = [images[idx], labels[idx]] + ([targets[idx]] if targets is not None else [])
         if augment is not None:
-            x = augment(x, gen)
+            batch[0] = augment(batch[0], gen)
         if world_size > 1:
-            x = torch.tensor_split(x, world_size)[rank]
-            y = torch.tensor_split(y, world_size)[rank]
-        yield x, y
+            batch = [torch.tensor_split(t, world_size)[rank] for t in batch]
+        yield tuple(batch)
 
 
 def rank_slice(n: int, rank: int, world_size: int) -> slice:

@@ -125,8 +125,9 @@ class Sweep:
 
     def _plan(self, settings: dict[str, Any], point: dict[str, Any]) -> PlannedRun:
         options = {k: v for k, v in settings.items() if k != "preset"}
-        if isinstance(options.get("data_dir"), str):
-            options["data_dir"] = resolve_path(options["data_dir"], self.path.parent)
+        for key in ("data_dir", "teacher"):          # paths in a sweep file are relative to it
+            if isinstance(options.get(key), str):
+                options[key] = resolve_path(options[key], self.path.parent)
         shown = ", ".join(f"{k}={v!r}" for k, v in point.items()) or "base"
         try:
             cfg = TrainConfig.from_dict(options, source=f"{self.path}: run [{shown}]")

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from onebit.cache import cache_dir
 from onebit.errors import ConfigError, OnebitError, RuntimeMismatchError
 from onebit.export import c_contract
 from onebit.export.c_program import model_fingerprint
@@ -38,10 +39,7 @@ BASE_FLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-ffp-contract=o
 
 
 def cache_root() -> Path:
-    root = os.environ.get("ONEBIT_CACHE_DIR")
-    if root:
-        return Path(root).expanduser() / "c_runtime"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "onebit" / "c_runtime"
+    return cache_dir("c_runtime")
 
 
 def compiler() -> str:

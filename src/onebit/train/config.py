@@ -13,6 +13,7 @@ import math
 import re
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from onebit.errors import ConfigError
@@ -21,7 +22,8 @@ from onebit.models.limits import MAX_DIM
 from onebit.train.schedules import SCHEDULES
 
 DATASET_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
-ADDED_FIELDS = {"classes", "crop_size", "resize_size", "label_smoothing", "warmup_epochs", "ema_decay"}  # hashed only when not
+ADDED_FIELDS = {"classes", "crop_size", "resize_size", "label_smoothing", "warmup_epochs", "ema_decay", "teacher",
+                "distill_weight", "distill_temperature"}  # hashed only when not
 # at their defaults
 # Settings that do not change a run's results (paths, devices, speed options): left out of the config hash,
 # ignored when grouping runs into variants, and the ones a resumed run may change.
@@ -77,6 +79,10 @@ class TrainConfig:
     label_smoothing: float = option(0.0, "label smoothing of the training loss, 0..<1 (0 = off, as the paper)")
     ema_decay: float = option(0.0, "exponential moving average of the weights, decay per step, 0..<1 (0 = off, as "
                                    "the paper; e.g. 0.999): evaluation and the final model use the average")
+    teacher: str | None = option(None, "distil from this model file (.onebit or checkpoint, e.g. an imported "
+                                       "reference WRN-20-10); its logits are computed once and cached")
+    distill_weight: float = option(0.5, "with --teacher: weight a of the teacher's soft loss, 0<a<=1")
+    distill_temperature: float = option(4.0, "with --teacher: softmax temperature of the soft loss")
     # augmentation
     translate: int = option(4, "max random translation in pixels (0 = off)")
     flip: bool = option(True, "random horizontal flips")
@@ -108,6 +114,12 @@ class TrainConfig:
              f"warmup_epochs must be 0..epochs-1, got {self.warmup_epochs} for {self.epochs} epochs"),
             (0 <= self.label_smoothing < 1, f"label_smoothing must be in 0..<1, got {self.label_smoothing}"),
             (0 <= self.ema_decay < 1, f"ema_decay must be in 0..<1, got {self.ema_decay}"),
+            (0 < self.distill_weight <= 1, f"distill_weight must be in 0<..1, got {self.distill_weight}"),
+            (0 < self.distill_temperature <= 100,
+             f"distill_temperature must be in 0<..100, got {self.distill_temperature}"),
+            (self.teacher is None or self.dataset != "imagenet", "--teacher applies to CIFAR runs only"),
+            (self.teacher is not None or (self.distill_weight, self.distill_temperature) == (0.5, 4.0),
+             "distill_weight and distill_temperature apply with a teacher only; set --teacher or drop them"),
             (self.val_size >= 0 and self.train_limit >= 0, "val_size and train_limit must be >= 0"),
             (self.weight_decay >= 0 and 0 <= self.momentum < 1, "need weight_decay >= 0, 0 <= momentum < 1"),
             (0 <= self.translate <= 16 and 0 <= self.cutout <= 32, "translate must be 0..16, cutout 0..32"),
@@ -216,6 +228,8 @@ class TrainConfig:
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         items = {k: v for k, v in self.to_dict().items()
                  if k not in NOT_RESULT_SETTINGS and not (k in ADDED_FIELDS and v == defaults[k])}
+        if self.teacher is not None:       # the teacher by its file name, so the hash is the same on every machine
+            items["teacher"] = Path(self.teacher).name
         return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:16]
 
 

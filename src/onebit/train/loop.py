@@ -116,7 +116,7 @@ class Trainer:
             torch.set_num_threads(default_threads(cfg.num_threads))
         self.data = load_splits(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, train_limit=cfg.train_limit,
                                 batch_size=cfg.batch_size, num_classes=cfg.num_classes)
-        self.source = make_source(self.data.train, cfg, self.device, rank, world_size)
+        self.source = make_source(self.data.train, cfg, self.device, rank, world_size, self.progress)
         self.steps_per_epoch = self.source.steps_per_epoch
         torch.manual_seed(cfg.seed)
         self.model_config = cfg.model_config()
@@ -131,7 +131,8 @@ class Trainer:
         self.best: dict[str, Any] = {}
         self.elapsed = 0.0
         self.step_fn = TrainStep(self.model, self.optimizer, self.device, cfg.amp, cfg.channels_last,
-                                 world_size, cfg.batch_size, cfg.label_smoothing)
+                                 world_size, cfg.batch_size, cfg.label_smoothing,
+                                 (cfg.distill_weight, cfg.distill_temperature) if cfg.teacher else None)
 
     # ----- state -----
     @property
@@ -184,11 +185,11 @@ class Trainer:
         bar = tqdm(batches, total=self.steps_per_epoch, disable=not self.progress, leave=False,
                    desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch", dynamic_ncols=True)
         lr = cfg.lr
-        for i, (x, y) in enumerate(bar):
+        for i, (x, y, *teacher) in enumerate(bar):       # teacher: [its logits] when distilling
             step = self.epoch * self.steps_per_epoch + i
             lr = learning_rate(step, self.steps_per_epoch, cfg.epochs, cfg.schedule, cfg.lr, cfg.lr_min,
                                cfg.first_cycle, cfg.warmup_epochs)
-            loss, hits = self.step_fn(x, y, lr)
+            loss, hits = self.step_fn(x, y, lr, *teacher)
             if self.average is not None:
                 self.average.update_parameters(self.net)
             loss_sum += loss * len(y)

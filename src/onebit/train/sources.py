@@ -56,16 +56,23 @@ def _one_line(exc: DataError) -> DataError:
 class TensorSource:
     """The training split as one uint8 tensor on the device, augmented there (CIFAR)."""
 
-    def __init__(self, split: CifarSplit, cfg: Any, device: torch.device, rank: int = 0, world_size: int = 1):
+    def __init__(self, split: CifarSplit, cfg: Any, device: torch.device, rank: int = 0, world_size: int = 1,
+                 progress: bool = False):
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
         self.cfg, self.device, self.rank, self.world_size = cfg, device, rank, world_size
         self.augment = Augmentation(cfg.translate, cfg.flip, cfg.cutout)
         self.steps_per_epoch = steps_per_epoch(len(self.labels), cfg.batch_size)
+        self.teacher = None                    # a teacher's logits per training image (distillation)
+        if getattr(cfg, "teacher", None):
+            from onebit.train.distill import teacher_logits
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            self.teacher = teacher_logits(cfg.teacher, split.images, cfg.num_classes, progress=progress).to(device)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        """(images, labels) batches, or (images, labels, teacher logits) when distilling."""
         return epoch_batches(self.images, self.labels, self.cfg.batch_size, self.cfg.seed, epoch, self.augment,
-                             self.rank, self.world_size)
+                             self.rank, self.world_size, targets=self.teacher)
 
     def plain_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         """This rank's share of consecutive un-augmented batches (for BN statistics)."""
@@ -104,10 +111,11 @@ class LoaderSource:
             yield x
 
 
-def make_source(split: Split, cfg: Any, device: torch.device, rank: int = 0, world_size: int = 1):
+def make_source(split: Split, cfg: Any, device: torch.device, rank: int = 0, world_size: int = 1,
+                progress: bool = False):
     if isinstance(split, ImageFolderSplit):
         return LoaderSource(split, cfg, device, rank, world_size)
-    return TensorSource(split, cfg, device, rank, world_size)
+    return TensorSource(split, cfg, device, rank, world_size, progress)
 
 
 def split_batches(split: Split, batch_size: int, rank: int = 0, world_size: int = 1,

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from onebit.train.distill import distillation_loss
 from onebit.train.distributed import convert_sync_batchnorm, loss_scale, wrap_ddp
 from onebit.train.precision import training_autocast
 
@@ -46,8 +47,8 @@ def prepare_model(net: nn.Module, device: torch.device, channels_last: bool = Tr
 
 
 class TrainStep:
-    """forward -> cross-entropy (optionally label-smoothed) -> backward -> SGD update, for one rank's slice
-    of a global batch.
+    """forward -> cross-entropy (optionally label-smoothed; with a teacher's logits, the distillation loss
+    of ``train/distill.py``) -> backward -> SGD update, for one rank's slice of a global batch.
 
     With ``world_size > 1`` the slice's mean loss is scaled by ``local_n * world / global_n`` so that
     DDP's gradient average is the gradient of the global batch's mean loss.
@@ -55,21 +56,26 @@ class TrainStep:
 
     def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
                  amp: bool = True, channels_last: bool = True, world_size: int = 1, global_batch: int = 0,
-                 label_smoothing: float = 0.0):
+                 label_smoothing: float = 0.0, distill: tuple[float, float] | None = None):
         self.module, self.optimizer, self.device = module, optimizer, device
         self.label_smoothing = label_smoothing
+        self.distill = distill                 # (weight, temperature) of the teacher's soft loss
         self.amp = amp
         self.channels_last = channels_last
         self.world_size, self.global_batch = world_size, global_batch
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, lr: float,
+                 teacher_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with training_autocast(self.device.type, self.amp):
             logits = self.module(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+        if self.distill is not None and teacher_logits is not None:
+            loss = distillation_loss(logits.float(), y, teacher_logits, *self.distill, self.label_smoothing)
+        else:
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
         scaled = loss
         if self.world_size > 1:
             scaled = loss * loss_scale(len(y), self.global_batch, self.world_size)
