@@ -144,7 +144,8 @@ def test_cost_table_and_figures(study):
         assert float(row["training images/s"].split(" ± ")[0]) == pytest.approx(np.mean(rates), abs=0.5)
         assert (int(row["BN ops / image"].replace(",", "")) > 0) == (norm == "bn")   # BN ops only in the BN design
     pngs = sorted(p.name for p in (root / "out" / "figures").glob("*.png"))
-    assert pngs == ["curves-cifar10-wrn8-1.png", "error-vs-width-cifar10-d8.png", "lr-schedules.png"]
+    assert pngs == ["curves-cifar10-wrn8-1.png", "error-vs-width-cifar10-d8.png", "lr-schedules.png",
+                    "margin-over-training-cifar10.png"]
     for name in pngs:
         assert (root / "out" / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"(figures/{name})" in report
@@ -225,3 +226,32 @@ def test_bf16_and_float32_twins_are_compared_by_seed(tmp_path):
         assert low == pytest.approx(100 * (d.mean() - half), abs=0.006)
         assert high == pytest.approx(100 * (d.mean() + half), abs=0.006)
         assert row["mean within 1.0 point"] == "yes"
+
+
+def test_the_margin_per_epoch_and_the_verdicts_follow_the_stored_curves(study):
+    from onebit.experiments.stats import group_variants, margin_per_epoch, margins
+
+    root, report = study
+    with ResultsStore(root / "runs.db", create=False) as store:
+        runs = store.runs()
+        curves = {r["config_hash"]: store.epochs(r["config_hash"]) for r in runs}
+    [m1, m32] = margins(group_variants(runs), "val_acc")
+    curve = margin_per_epoch(m1, curves.__getitem__, "val_acc")
+    assert list(curve["epoch"]) == [1, 2]
+    for i, epoch in enumerate(curve["epoch"]):
+        bn = [e["val_acc"] for r in stored(root, norm="bn", weight_bits=1) for e in curves[r["config_hash"]]
+              if e["epoch"] == epoch]
+        sr = [e["val_acc"] for r in stored(root, norm="none", weight_bits=1) for e in curves[r["config_hash"]]
+              if e["epoch"] == epoch]
+        assert curve["diff"][i] == pytest.approx(np.mean(bn) - np.mean(sr), abs=1e-12)
+        if np.std(bn) or np.std(sr):
+            ci = stats.ttest_ind(bn, sr, equal_var=False).confidence_interval(0.95)
+            assert (curve["low"][i], curve["high"][i]) == pytest.approx((ci.low, ci.high), abs=1e-9)
+    assert np.isnan(margin_per_epoch(m32, curves.__getitem__, "val_acc")["low"]).all()   # one seed a side
+    rows = table_rows(report, "## The margin on the validation split")
+    for row in rows:
+        low_high = re.findall(r"[+-]\d+\.\d+", row["95% CI"])
+        want = ("undecided (fewer than 2 seeds)" if not low_high else
+                "BN ahead" if float(low_high[0]) > 0 else
+                "shifted ReLU ahead" if float(low_high[1]) < 0 else "no significant difference")
+        assert row["verdict"] == want

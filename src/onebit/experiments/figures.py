@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from onebit.experiments.stats import Variant, design_name  # noqa: E402
+from onebit.experiments.stats import Margin, Variant, design_name, margin_per_epoch  # noqa: E402
 from onebit.train.schedules import learning_rate  # noqa: E402
 
 STYLE = {("bn", 1): ("tab:blue", "o", "-"), ("bn", 32): ("tab:blue", "s", "--"),
@@ -126,4 +126,32 @@ def lr_schedules(variants: list[Variant], epochs_of: Callable[[str], list[dict[s
                  fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def margin_over_training(ms: list[Margin], epochs_of: Callable[[str], list[dict[str, Any]]], metric: str,
+                         title: str, path: Path) -> Path:
+    """BN minus shifted-ReLU accuracy (points) against epoch, one line per network and bit-depth, with its
+    95% Welch band where both sides have at least 2 seeds."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for m in ms:
+        s = m.bn.settings
+        curve = margin_per_epoch(m, epochs_of, metric)
+        if not len(curve["epoch"]):
+            continue
+        dash = "-" if s["weight_bits"] == 1 else "--"
+        line, = ax.plot(curve["epoch"], 100 * curve["diff"], linestyle=dash, marker=".",
+                        label=f"WRN-{s['depth']}-{s['width']}, {s['weight_bits']}-bit "
+                              f"({len(m.bn.runs)} + {len(m.srelu.runs)} runs)")
+        band = ~np.isnan(curve["low"])
+        if band.any():
+            ax.fill_between(curve["epoch"][band], 100 * curve["low"][band], 100 * curve["high"][band],
+                            color=line.get_color(), alpha=0.15)
+    ax.axhline(0, color="0.3", linewidth=0.8)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"BN − shifted ReLU, {'validation' if metric == 'val_acc' else 'test'} accuracy (points)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     return _save(fig, path)

@@ -18,13 +18,15 @@ import numpy as np
 
 from onebit.experiments import figures
 from onebit.experiments.stats import (CONFIDENCE, Margin, PairedDifference, Summary, Variant, config_with_defaults,
-                                      design_name, format_differences, group_variants, margins, varying_settings)
+                                      design_name, format_differences, group_variants, margins, varying_settings,
+                                      verdict)
 from onebit.experiments.store import ResultsStore
 from onebit.models.summary import summarize
 from onebit.presets import PUBLISHED_ACCURACY
 from onebit.train.config import TrainConfig
 
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet"}
+METRIC_NAMES = {"val_acc": "validation", "test_acc": "test"}
 # McDonnell, ICLR 2018, test error % of the BN design with cutout: (dataset, depth, width, bits) -> error.
 ICLR2018_ERROR = {("cifar10", 20, 4, 1): 5.34, ("cifar100", 20, 4, 1): 23.74,
                   ("cifar10", 20, 10, 1): 3.92, ("cifar100", 20, 10, 1): 18.51,
@@ -106,18 +108,19 @@ def margin_sentence(m: Margin) -> str:
             f"of seeds.")
 
 
-def margin_table(ms: list[Margin]) -> str:
-    header = ["dataset", "network", "weight bits", "BN test acc. %", "shifted-ReLU test acc. %",
-              "margin (points)", f"{CONFIDENCE:.0%} CI", "p", "significant"]
+def margin_table(ms: list[Margin], metric: str = "test_acc") -> str:
+    split = METRIC_NAMES.get(metric, metric)
+    header = ["dataset", "network", "weight bits", f"BN {split} acc. %", f"shifted-ReLU {split} acc. %",
+              "margin (points)", f"{CONFIDENCE:.0%} CI", "p", "significant", "verdict"]
     rows = []
     for m in ms:
         s = m.bn.settings
         ci = "–" if not m.decided else f"{100 * m.low:+.2f} to {100 * m.high:+.2f}"
         rows.append([DATASET_NAMES.get(s["dataset"], s["dataset"]), f"WRN-{s['depth']}-{s['width']}",
-                     s["weight_bits"], mean_std(m.bn.summary(), error=False),
-                     mean_std(m.srelu.summary(), error=False), f"{100 * m.diff:+.2f}", ci,
+                     s["weight_bits"], mean_std(m.bn.summary(metric), error=False),
+                     mean_std(m.srelu.summary(metric), error=False), f"{100 * m.diff:+.2f}", ci,
                      "–" if not m.decided else f"{m.p_value:.3g}",
-                     "–" if not m.decided else ("yes" if m.significant else "no")])
+                     "–" if not m.decided else ("yes" if m.significant else "no"), verdict(m)])
     return markdown_table(header, rows)
 
 
@@ -138,9 +141,6 @@ def format_table(diffs: list[PairedDifference], tolerance: float = 0.01) -> str:
                      METRIC_NAMES.get(d.metric, d.metric), len(d.seeds), *means, f"{100 * d.diff:+.2f}", ci,
                      "–" if not d.decided else f"{d.p_value:.3g}", "yes" if abs(d.diff) <= tolerance else "no"])
     return markdown_table(header, rows)
-
-
-METRIC_NAMES = {"val_acc": "validation", "test_acc": "test"}
 
 
 def _bytes(n: float) -> str:
@@ -237,6 +237,21 @@ def write_report(store_path: str | Path, out_dir: str | Path, where: list[tuple[
             f"size and weight bit-depth; {CONFIDENCE:.0%} confidence interval by Welch's t over the seeds.", ""]
     if ms:
         out += [margin_table(ms), ""] + [f"* {margin_sentence(m)}" for m in ms] + [""]
+        val_ms = [m for m in margins(variants, "val_acc") if m.bn.summary("val_acc").n and m.srelu.summary("val_acc").n]
+        if val_ms:
+            out += ["## The margin on the validation split", "",
+                    "The same margin on the images held out of the training set for validation (larger than the "
+                    "1,000 shared test images, so a smaller standard error per run).", "",
+                    margin_table(val_ms, "val_acc"), ""]
+        metric = "val_acc" if val_ms else "test_acc"
+        for dataset in sorted({m.bn.settings["dataset"] for m in ms}):
+            name = DATASET_NAMES.get(dataset, dataset)
+            png = figures.margin_over_training([m for m in ms if m.bn.settings["dataset"] == dataset],
+                                               curves.__getitem__, metric,
+                                               f"{name}: the BN margin over training (band: {CONFIDENCE:.0%} "
+                                               f"Welch interval)", fig_dir / f"margin-over-training-{dataset}.png")
+            out += ["## The margin over training", "",
+                    f"![{name}: BN minus shifted-ReLU accuracy per epoch](figures/{png.name})", ""]
     else:
         out += ["No dataset / size / bit-depth has runs of both designs.", ""]
     diffs = [d for metric in ("val_acc", "test_acc") for d in format_differences(variants, metric)]

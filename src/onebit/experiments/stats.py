@@ -135,6 +135,32 @@ def format_differences(variants: list[Variant], metric: str = "test_acc") -> lis
     return sorted(out, key=lambda d: sort_key(d.fp32))
 
 
+def margin_per_epoch(m: Margin, epochs_of, metric: str = "val_acc") -> dict[str, np.ndarray]:
+    """The BN margin epoch by epoch, from the runs' per-epoch metrics: ``epoch``, ``diff`` (mean BN minus
+    mean shifted ReLU) and its Welch interval ``low`` / ``high`` (nan with fewer than 2 runs a side), over the
+    epochs every run of both variants recorded ``metric``."""
+    def table(v: Variant) -> list[dict[int, float]]:
+        return [{e["epoch"]: e[metric] for e in epochs_of(r["config_hash"]) if e.get(metric) is not None}
+                for r in v.runs]
+    bn, srelu = table(m.bn), table(m.srelu)
+    common = sorted(set.intersection(*(set(t) for t in bn + srelu))) if bn and srelu else []
+    out = {"epoch": np.array(common, dtype=int), "diff": [], "low": [], "high": []}
+    for e in common:
+        a, b = np.array([t[e] for t in bn]), np.array([t[e] for t in srelu])
+        low, high, _, _ = welch_interval(a, b)
+        out["diff"].append(a.mean() - b.mean())
+        out["low"].append(low)
+        out["high"].append(high)
+    return {k: np.array(v, dtype=float) if k != "epoch" else v for k, v in out.items()}
+
+
+def verdict(m: Margin) -> str:
+    """The margin in the paper's terms: BN ahead, shifted ReLU ahead (interval excludes 0), else none."""
+    if not m.significant:
+        return "no significant difference" if m.decided else "undecided (fewer than 2 seeds)"
+    return "BN ahead" if m.diff > 0 else "shifted ReLU ahead"
+
+
 def design_name(norm: str) -> str:
     return "BN" if norm == "bn" else "shifted ReLU"
 
