@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import time
 
+from onebit.errors import warn
+
 
 def usable_cpus() -> set[int]:
     """The CPUs this process may run on (its affinity mask; all of them where that is unknown)."""
@@ -53,8 +55,13 @@ def busy_cpus(cpus: set[int], window_s: float = 0.3) -> float:
 
 
 def default_threads(requested: int = 0) -> int:
-    """``requested`` if positive; else the usable CPUs that no other process is busy on (at least 1)."""
+    """``requested`` if positive (with a warning when it is more than the usable CPUs: threads beyond them
+    only wait for each other); else the usable CPUs that no other process is busy on (at least 1)."""
     if requested > 0:
+        cpus = len(usable_cpus())
+        if requested > cpus:
+            warn(f"{requested} threads on {cpus} usable CPU{'s' if cpus != 1 else ''}: they will wait for each "
+                 f"other; --num-threads 0 picks the free CPUs")
         return requested
     cpus = usable_cpus()
     return max(1, len(cpus) - round(busy_cpus(cpus)))
