@@ -224,7 +224,7 @@ def main() -> None:
     report = {"device": name, "torch": torch.__version__, "peak_tflops": peak,
               "peak_source": "--peak-tflops" if args.peak_tflops else ("datasheet table (dense bf16)"
                                                                        if table_peak else None),
-              "compile": compiled, "amp": args.amp and device.type == "cuda",
+              "compile": compiled, "amp": args.amp,
               "channels_last": args.channels_last and device.type == "cuda", "batch_size": args.batch_size,
               "rows": [], "pairs": [], "skipped": []}
 

@@ -69,7 +69,6 @@ def test_training_with_a_teacher_learns_from_it_and_resumes_exactly(tiny_cifar10
                       teacher=str(tmp_path / "teacher.onebit"), distill_weight=0.9)
     plain = cfg.replace(teacher=None, distill_weight=0.5)
     assert cfg.hash() != plain.hash()
-    assert cfg.replace(teacher="/elsewhere/teacher.onebit").hash() == cfg.hash()     # by file name
     train(cfg, tmp_path / "straight", progress=False)
     train(plain, tmp_path / "plain", progress=False)
     train(cfg, tmp_path / "split", progress=False, stop_after=1)
@@ -102,3 +101,25 @@ def test_the_step_uses_the_soft_loss_only_when_given_teacher_logits():
     assert float(loss) == pytest.approx(float(distill.distillation_loss(logits, y, t, 0.5, 2.0)), rel=1e-5)
     loss, _ = step(x, y, 0.0)
     assert float(loss) == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-5)
+
+
+def test_a_teacher_counts_by_its_content_in_the_hash_and_on_resume(tiny_cifar10, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("ONEBIT_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    torch.manual_seed(1)
+    save_packed(build_model(WRNConfig(depth=8, width=1)), tmp_path / "a" / "teacher.onebit")
+    save_packed(build_model(WRNConfig(depth=8, width=1)), tmp_path / "b" / "teacher.onebit")   # other weights
+    shutil.copy(tmp_path / "a" / "teacher.onebit", tmp_path / "copy.onebit")
+    cfg = TrainConfig(data_dir=str(tiny_cifar10), depth=8, width=1, epochs=2, batch_size=50, num_threads=1,
+                      teacher=str(tmp_path / "a" / "teacher.onebit"))
+    assert cfg.replace(teacher=str(tmp_path / "copy.onebit")).hash() == cfg.hash()            # same bytes
+    assert cfg.replace(teacher=str(tmp_path / "b" / "teacher.onebit")).hash() != cfg.hash()   # same name
+    train(cfg, tmp_path / "run", progress=False, stop_after=1)
+    # the same teacher moved elsewhere resumes; a different file under the recorded path is refused
+    train(cfg.replace(teacher=str(tmp_path / "copy.onebit")), tmp_path / "moved", progress=False, stop_after=1)
+    shutil.copy(tmp_path / "b" / "teacher.onebit", tmp_path / "a" / "teacher.onebit")
+    with pytest.raises(ConfigError, match="is not the file this run was trained with"):
+        train(cfg, tmp_path / "run", resume=True, progress=False)

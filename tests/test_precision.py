@@ -132,3 +132,23 @@ def test_compiled_training_step_on_the_cpu_matches_eager():
     flat_e, flat_c = torch.cat([a.flatten() for a in eager_weights]), torch.cat([b.flatten() for b in compiled_weights])
     assert float((flat_e - flat_c).norm()) <= 1e-4 * float(flat_e.norm())
     assert max(float((a - b).abs().max()) for a, b in zip(eager_weights, compiled_weights)) <= 1e-5
+
+
+def test_a_bf16_run_never_takes_the_key_of_an_older_float32_cpu_run():
+    """Before bf16 on the CPU, CPU runs recorded amp = true and trained in float32; their stored keys are the
+    hash of that config with "amp": true. A bf16 run hashes differently; float32 runs keep their old hash."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from onebit.train.config import ADDED_FIELDS, NOT_RESULT_SETTINGS
+
+    def legacy_hash(cfg: TrainConfig) -> str:     # the hash as it was computed before this change
+        defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+        items = {k: v for k, v in cfg.to_dict().items()
+                 if k not in NOT_RESULT_SETTINGS and not (k in ADDED_FIELDS and v == defaults[k])}
+        return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:16]
+
+    cfg = TrainConfig(depth=8, width=1, epochs=7, temperature=2.5)
+    assert cfg.replace(amp=True).hash() != legacy_hash(cfg.replace(amp=True))
+    assert cfg.replace(amp=False).hash() == legacy_hash(cfg.replace(amp=False))

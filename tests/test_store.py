@@ -151,24 +151,22 @@ def test_schema_1_store_reads_unchanged_and_migrates_on_first_write(tmp_path):
     assert len(rows) == 25 and rows[rec.config_hash]["host"] == "node-7"
     assert sum(r["host"] is None for r in rows.values()) == 24
     with sqlite3.connect(old) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert db.execute("PRAGMA foreign_key_check").fetchall() == []
 
 
 def schema_2_store(path: Path) -> Path:
-    """A store as onebit wrote it before bf16 on the CPU (schema 2): CPU runs recorded with "amp": true,
-    and one GPU run, which needs no correction."""
+    """A store as onebit wrote it before bf16 on the CPU (schema 2, keys from the hash of that time, here
+    stand-ins): CPU runs recorded with "amp": true, and one GPU run with "amp": true (bf16 then too)."""
     with ResultsStore(path) as store:
-        for seed in range(3):
+        for i, seed in enumerate((0, 1, 2, 9)):
             rec = make_record(seed)
             rec.config = {**rec.config, "amp": True}
-            rec.config_hash = TrainConfig.from_dict(rec.config).hash()
+            rec.config_hash = f"01d{i:013d}"
+            if seed == 9:
+                rec.device = "cuda:0 (H100)"
             store.record(rec)
-        rec = make_record(9)
-        rec.config, rec.device = {**rec.config, "amp": True}, "cuda:0 (H100)"
-        rec.config_hash = TrainConfig.from_dict(rec.config).hash()
-        store.record(rec)
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA user_version = 2")
     return path
@@ -183,13 +181,13 @@ def test_cpu_runs_recorded_with_amp_before_bf16_are_corrected_to_float32(tmp_pat
     assert all(c["amp"] is True for c, _ in raw.values())
     fixed = {h: {**c, "amp": not d.startswith("cpu")} for h, (c, d) in raw.items()}
     want = {TrainConfig.from_dict(c).hash(): h for h, c in fixed.items()}
-    assert len(want) == 4 and len(set(want) & set(raw)) == 1          # the GPU run keeps its hash
+    assert len(want) == 4 and not set(want) & set(raw)                 # every run re-keyed by today's hash
     with ResultsStore(old, create=False) as store:            # reading: corrected in memory, file unchanged
         assert store.hashes() == set(want)
         assert sorted(r["config"]["amp"] for r in store.runs()) == [False, False, False, True]
-        assert store.version < 3
+        assert store.version == 2
     with ResultsStore(old) as store:                           # a writer migrates the file
-        assert store.version == 3 and store.hashes() == set(want)
+        assert store.version == 4 and store.hashes() == set(want)
         rows = store.runs()
         assert {r["config_hash"] for r in rows} == set(want)
         for r in rows:
@@ -207,7 +205,7 @@ def test_a_cpu_run_recorded_now_keeps_its_bf16_setting(tmp_path):
     rec.config = {**rec.config, "amp": True}
     rec.config_hash = TrainConfig.from_dict(rec.config).hash()
     with ResultsStore(tmp_path / "new.db") as store:
-        assert store.version == 3 and store.record(rec)
+        assert store.version == 4 and store.record(rec)
     with ResultsStore(tmp_path / "new.db") as store:
         [row] = store.runs()
         assert row["config"]["amp"] is True and row["config_hash"] == rec.config_hash

@@ -296,3 +296,18 @@ def test_a_run_with_a_weight_average_resumes_exactly(tiny_cifar10, tmp_path):
     assert a.model_state.keys() == b.model_state.keys() and a.average_state.keys() == b.average_state.keys()
     assert all(torch.equal(a.model_state[k], b.model_state[k]) for k in a.model_state)
     assert all(torch.equal(a.average_state[k], b.average_state[k]) for k in a.average_state)
+
+
+def test_an_unfinished_averaging_run_evaluates_and_exports_its_average(tiny_cifar10, tmp_path):
+    from onebit.loading import load_model_file
+
+    cfg = tiny(tiny_cifar10, epochs=3, ema_decay=0.9, norm="bn", schedule="restarts")
+    train(cfg, tmp_path / "run", progress=False, stop_after=1)
+    ckpt = load_checkpoint(tmp_path / "run")
+    model, _ = load_model_file(tmp_path / "run")
+    state = model.state_dict()
+    assert any(not torch.equal(state[k], ckpt.model_state[k]) for k in state)             # not the live weights
+    assert all(torch.equal(state[k], ckpt.average_state[f"module.{k}"]) for k in state)   # the average
+    train(cfg, tmp_path / "run", resume=True, progress=False)
+    final = load_checkpoint(tmp_path / "run")                 # finished: the average, BN statistics recomputed
+    assert all(torch.equal(final.model_state[k], final.average_state[f"module.{k}"]) for k in final.model_state)

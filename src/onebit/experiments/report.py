@@ -239,19 +239,21 @@ def write_report(store_path: str | Path, out_dir: str | Path, where: list[tuple[
         out += [margin_table(ms), ""] + [f"* {margin_sentence(m)}" for m in ms] + [""]
         val_ms = [m for m in margins(variants, "val_acc") if m.bn.summary("val_acc").n and m.srelu.summary("val_acc").n]
         if val_ms:
+            sizes = sorted({v.settings.get("val_size") for m in val_ms for v in (m.bn, m.srelu)})
             out += ["## The margin on the validation split", "",
-                    "The same margin on the images held out of the training set for validation (larger than the "
-                    "1,000 shared test images, so a smaller standard error per run).", "",
-                    margin_table(val_ms, "val_acc"), ""]
+                    f"The same margin on the images held out of the training set for validation "
+                    f"(val_size {', '.join(map(str, sizes))}).", "", margin_table(val_ms, "val_acc"), ""]
         metric = "val_acc" if val_ms else "test_acc"
+        out += ["## The margin over training", "",
+                f"BN minus shifted-ReLU {METRIC_NAMES[metric]} accuracy after each epoch, with its {CONFIDENCE:.0%} "
+                f"Welch interval where both designs have at least 2 seeds.", ""]
         for dataset in sorted({m.bn.settings["dataset"] for m in ms}):
             name = DATASET_NAMES.get(dataset, dataset)
             png = figures.margin_over_training([m for m in ms if m.bn.settings["dataset"] == dataset],
                                                curves.__getitem__, metric,
                                                f"{name}: the BN margin over training (band: {CONFIDENCE:.0%} "
                                                f"Welch interval)", fig_dir / f"margin-over-training-{dataset}.png")
-            out += ["## The margin over training", "",
-                    f"![{name}: BN minus shifted-ReLU accuracy per epoch](figures/{png.name})", ""]
+            out += [f"![{name}: BN minus shifted-ReLU accuracy per epoch](figures/{png.name})", ""]
     else:
         out += ["No dataset / size / bit-depth has runs of both designs.", ""]
     diffs = [d for metric in ("val_acc", "test_acc") for d in format_differences(variants, metric)]

@@ -9,10 +9,12 @@ recorded at most once.
 
 Schema versions: 1 had no ``host`` column. Version 3 corrects what versions 1-2 recorded for CPU runs:
 ``amp`` then applied to GPUs only, so a CPU run recorded with ``"amp": true`` trained in float32; from
-version 3 its config says ``"amp": false`` (config hash recomputed, its epochs re-keyed), since a CPU run with
-amp on now trains in bf16. Opening an older store for writing (a sweep) migrates it (``ALTER TABLE runs ADD
-COLUMN host``, then the correction); reading it (``runs``, ``report``, ``sweep --dry-run``) applies the
-correction in memory and never modifies the file.
+version 3 its config says ``"amp": false``, since a CPU run with amp on now trains in bf16. Version 4 keys
+every run by ``TrainConfig.hash()`` as it is now (``amp = true`` hashes as bf16, so no bf16 run can take the
+key of an older float32 one); the epochs follow their run. Opening an older store for writing (a sweep)
+migrates it; reading it (``runs``, ``report``, ``sweep --dry-run``) applies the corrections in memory
+(``hashes()`` as the migration will key the runs, each row keeping its stored key) and never modifies the
+file.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from onebit.errors import StoreError
+from onebit.errors import OnebitError, StoreError
 from onebit.train.config import TrainConfig
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_S = 60.0
 EPOCH_COLUMNS = ("train_loss", "train_acc", "lr", "images_per_s", "epoch_time_s", "val_acc", "val_top5",
                  "val_loss", "test_acc", "test_top5", "test_loss", "elapsed_s")
@@ -115,7 +117,7 @@ class ResultsStore:
 
     def _init_schema(self, existing: bool) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, 1, 2, SCHEMA_VERSION):
+        if version not in (0, 1, 2, 3, SCHEMA_VERSION):
             raise StoreError(f"{self.path}: schema version {version}, this onebit reads 1 to {SCHEMA_VERSION}")
         if version == 0 and not self.create:
             raise StoreError(f"{self.path} is not a onebit results store (written by `onebit sweep`)")
@@ -155,28 +157,26 @@ class ResultsStore:
         self.close()
 
     def _migrate(self) -> None:
-        """Bring a version-1 store (no ``host`` column) to the current schema; called before writing."""
-        if self.db.execute("PRAGMA user_version").fetchone()[0] not in (1, 2):
+        """Bring an older store to the current schema (see the module docstring); called by writers."""
+        if self.db.execute("PRAGMA user_version").fetchone()[0] not in (1, 2, 3):
             return
         with self.transaction() as db:              # re-read under the write lock: another writer may have
             version = db.execute("PRAGMA user_version").fetchone()[0]     # migrated it meanwhile
             if version == 1:
                 db.execute("ALTER TABLE runs ADD COLUMN host TEXT")
-            if version in (1, 2):
+            if version in (1, 2, 3):
                 db.execute("PRAGMA defer_foreign_keys = ON")            # runs and epochs re-keyed together
-                taken = {r[0] for r in db.execute("SELECT config_hash FROM runs")}
-                for old_hash, device, config_json in db.execute(
-                        "SELECT config_hash, device, config_json FROM runs").fetchall():
-                    fixed = cpu_float32_config(json.loads(config_json), device)
-                    if fixed is None:
-                        continue
-                    new_hash = TrainConfig.from_dict(fixed).hash()
-                    if new_hash in taken:               # that float32 run is stored already: keep both as they are
-                        continue
+                rows = db.execute("SELECT config_hash, device, config_json FROM runs").fetchall()
+                taken = {r[0] for r in rows}
+                for old_hash, device, config_json in rows:
+                    config, new_hash = current_identity(old_hash, json.loads(config_json), device, version)
+                    if new_hash != old_hash and new_hash in taken:
+                        new_hash = old_hash     # that run is stored under its new key already: keep both
                     db.execute("UPDATE runs SET config_hash = ?, config_json = ? WHERE config_hash = ?",
-                               (new_hash, json.dumps(fixed, sort_keys=True), old_hash))
-                    db.execute("UPDATE epochs SET config_hash = ? WHERE config_hash = ?", (new_hash, old_hash))
-                    taken.add(new_hash)
+                               (new_hash, json.dumps(config, sort_keys=True), old_hash))
+                    if new_hash != old_hash:
+                        db.execute("UPDATE epochs SET config_hash = ? WHERE config_hash = ?", (new_hash, old_hash))
+                        taken.add(new_hash)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # ----- writing -----
@@ -218,13 +218,9 @@ class ResultsStore:
         """The config hashes of the stored runs (of an older store read without migrating it: as the
         migration will key them, see the module docstring)."""
         with self.reading():
-            if self.version >= 3:
-                return {r[0] for r in self.db.execute("SELECT config_hash FROM runs")}
-            out = set()
-            for stored, device, config_json in self.db.execute("SELECT config_hash, device, config_json FROM runs"):
-                fixed = cpu_float32_config(json.loads(config_json), device)
-                out.add(TrainConfig.from_dict(fixed).hash() if fixed is not None else stored)
-            return out
+            version = self.version
+            rows = self.db.execute("SELECT config_hash, device, config_json FROM runs").fetchall()
+            return {current_identity(h, json.loads(c), d, version)[1] for h, d, c in rows}
 
     def runs(self, where: list[tuple[str, str, Any]] | None = None) -> list[dict[str, Any]]:
         """Stored runs as dicts (``config``, ``final``, ``versions`` decoded), oldest first.
@@ -252,9 +248,10 @@ class ResultsStore:
         with self.reading():
             rows = self.db.execute(sql + " ORDER BY recorded_at, rowid", params).fetchall()
             out = [self._decode(r) for r in rows]
-        if self.version < 3:                          # corrected in memory; the row keeps its stored hash
+        version = self.version
+        if version < SCHEMA_VERSION:                  # corrected in memory; the row keeps its stored hash
             for run in out:
-                run["config"] = cpu_float32_config(run["config"], run.get("device")) or run["config"]
+                run["config"] = current_identity(run["config_hash"], run["config"], run.get("device"), version)[0]
         return out
 
     @contextmanager
@@ -291,12 +288,20 @@ class ResultsStore:
         return out
 
 
-def cpu_float32_config(config: dict[str, Any], device: str | None) -> dict[str, Any] | None:
-    """The corrected config of a CPU run recorded before schema version 3 with ``amp`` on (it trained in
-    float32), or None when the record needs no correction."""
-    if (device or "").startswith("cpu") and config.get("amp") is True:
-        return {**config, "amp": False}
-    return None
+def current_identity(stored_hash: str, config: dict[str, Any], device: str | None,
+                     version: int) -> tuple[dict[str, Any], str]:
+    """(config, config hash) of a run recorded under schema ``version``, as the current schema keys it:
+    before version 3 a CPU run's ``amp = true`` meant float32 (amp applied to GPUs only), so it becomes
+    ``false``; before version 4 the hash is recomputed (``amp = true`` hashes as bf16 since then). A config
+    that no longer validates keeps its stored hash."""
+    if version < 3 and (device or "").startswith("cpu") and config.get("amp") is True:
+        config = {**config, "amp": False}
+    if version >= 4:
+        return config, stored_hash
+    try:
+        return config, TrainConfig.from_dict(config).hash()
+    except OnebitError:
+        return config, stored_hash
 
 
 NUMERIC_RUN_COLUMNS = ("depth", "width", "weight_bits", "epochs", "seed", "test_acc", "test_top5", "test_loss",

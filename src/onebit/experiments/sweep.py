@@ -32,7 +32,9 @@ A sweep file has these tables (all optional but ``[base]`` or ``[grid]``)::
 Settings resolve as preset < base < grid point (or include) < rules. A rule or exclude value that is a
 list matches any of its items. ``data_dir`` may name environment variables (``$VAR``, ``${VAR}``,
 ``${VAR:-default}``); a relative data_dir is taken relative to the sweep file, so a sweep file is portable.
-The config hash leaves data_dir out, so the same run has the same hash on every machine.
+The config hash leaves data_dir out, so the same run has the same hash on every machine. Automatic bf16
+(``amp`` unset) is decided where the sweep is planned, for that machine's device; on a cluster whose
+workers differ from the planning machine (GPUs, or CPUs without native bf16), set ``amp`` in the sweep.
 """
 
 from __future__ import annotations

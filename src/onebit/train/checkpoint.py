@@ -39,10 +39,13 @@ class Checkpoint:
     average_state: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
     def build_model(self) -> WideResNet:
-        """A model with these weights, in eval mode, on the CPU."""
+        """A model with these weights, in eval mode, on the CPU: the weight average where the run keeps
+        one (what its metrics describe), else the trained weights."""
         model = build_model(self.model_config)
+        state = ({k[len("module."):]: v for k, v in self.average_state.items() if k.startswith("module.")}
+                 if self.average_state else self.model_state)
         try:
-            model.load_state_dict(self.model_state, strict=True)
+            model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise CheckpointError(f"checkpoint weights do not match its model config: {exc}") from None
         return model.eval()

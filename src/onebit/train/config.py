@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from onebit.cache import file_sha256
 from onebit.errors import ConfigError
 from onebit.models import WRNConfig
 from onebit.models.limits import MAX_DIM
@@ -223,13 +224,17 @@ class TrainConfig:
         """A short stable hash of the settings that change results (not paths, devices or speed options).
 
         Options added after the first release count only when they differ from their defaults, so the
-        hashes of earlier configurations stay valid.
+        hashes of earlier configurations stay valid. ``amp = true`` hashes as ``"bf16"``: before CPUs trained
+        in bf16, CPU runs recorded ``amp = true`` and trained in float32, so a bf16 run must not share their
+        hash. The teacher counts by its file's SHA-256 (the same file anywhere has the same hash).
         """
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         items = {k: v for k, v in self.to_dict().items()
                  if k not in NOT_RESULT_SETTINGS and not (k in ADDED_FIELDS and v == defaults[k])}
-        if self.teacher is not None:       # the teacher by its file name, so the hash is the same on every machine
-            items["teacher"] = Path(self.teacher).name
+        if self.amp is True:
+            items["amp"] = "bf16"
+        if self.teacher is not None:
+            items["teacher"] = file_sha256(self.teacher) or Path(self.teacher).name
         return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:16]
 
 

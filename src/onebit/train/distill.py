@@ -3,7 +3,7 @@
 The teacher (any onebit model file: a packed ``.onebit`` -- e.g. an imported reference WRN-20-10 -- or a
 checkpoint) is run once over the student's training images, un-augmented, and its logits are cached
 (``cache_dir("teacher")``, keyed by the teacher file's and the images' SHA-256), so that a sweep's runs share
-one pass. The student then learns from
+one pass (the cache key also names the number format the teacher ran in). The student then learns from
 
     loss = (1 - a) * CE(s, y) + a * T^2 * KL(softmax(t / T) || softmax(s / T))
 
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from onebit.cache import cache_dir
+from onebit.cache import cache_dir, file_sha256
 from onebit.errors import ConfigError
 from onebit.safetensors_io import atomic_save, read_safetensors
 from onebit.train.precision import native_bf16_cpu
@@ -36,24 +36,19 @@ def distillation_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logits
     return (1 - weight) * hard + weight * temperature ** 2 * soft
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def teacher_logits(teacher: str | Path, images: torch.Tensor, num_classes: int, batch_size: int = 100,
-                   progress: bool = True) -> torch.Tensor:
-    """float32 logits (N, classes) of ``teacher`` on uint8 ``images`` (N, 3, H, W), from the cache when this
-    teacher file has seen these images before, else computed (bf16 autocast where the CPU has native bf16,
-    or on a GPU) and cached."""
+                   progress: bool = True, device: torch.device | str = "cpu") -> torch.Tensor:
+    """float32 logits (N, classes) of ``teacher`` on uint8 ``images`` (N, 3, H, W), computed on ``device``
+    (bf16 autocast on a GPU or a CPU with native bf16, else float32) or taken from the cache, which keys
+    them by the teacher file's and the images' SHA-256 and that number format."""
     path = Path(teacher)
     if not path.is_file():
         raise ConfigError(f"teacher {path}: no such model file")
-    images = images.contiguous()
-    key = hashlib.sha256((_sha256_file(path) + hashlib.sha256(images.numpy().tobytes()).hexdigest()).encode())
+    device = torch.device(device)
+    amp = device.type == "cuda" or native_bf16_cpu()[0]
+    images = images.cpu().contiguous()
+    key = hashlib.sha256(f"{file_sha256(path)} {hashlib.sha256(images.numpy().tobytes()).hexdigest()} "
+                         f"{'bf16' if amp else 'fp32'}".encode())
     cached = cache_dir("teacher") / f"{key.hexdigest()[:32]}.safetensors"
     if cached.is_file():
         tensors, _ = read_safetensors(cached)
@@ -64,8 +59,6 @@ def teacher_logits(teacher: str | Path, images: torch.Tensor, num_classes: int, 
     if model.config.num_classes != num_classes or model.config.arch != "cifar":
         raise ConfigError(f"teacher {path} is a {model.config.name} with {model.config.num_classes} classes; "
                           f"the student needs a CIFAR model with {num_classes}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp = device.type == "cuda" or native_bf16_cpu()[0]
     model = model.to(device).to(memory_format=torch.channels_last).eval()
     out = []
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):

@@ -24,11 +24,11 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from onebit.cache import file_sha256
 from onebit.data.batches import rank_slice
 from onebit.data.splits import load_splits
-from onebit.errors import ConfigError, OnebitError, TrainingDiverged
+from onebit.errors import ConfigError, OnebitError, TrainingDiverged, warn
 from onebit.models import WideResNet, build_model
-from onebit.errors import warn
 from onebit.rundir import RunDir
 from onebit.train.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
 from onebit.train.config import NOT_RESULT_SETTINGS, TrainConfig
@@ -84,6 +84,8 @@ def changed_settings(recorded: dict[str, Any], current: dict[str, Any]) -> str:
     diffs = []
     for key, value in current.items():
         old = recorded.get(key, defaults.get(key))
+        if key == "teacher" and (old is None) == (value is None):
+            continue                        # a teacher is matched by its file's digest (Trainer.resume)
         if key not in NOT_RESULT_SETTINGS and old != value:
             diffs.append(f"{key}: {old!r} -> {value!r}")
     return ", ".join(diffs)
@@ -140,8 +142,11 @@ class Trainer:
         return self.dir.checkpoint
 
     def state(self, finished: bool = False) -> dict[str, Any]:
-        return {"epoch": self.epoch, "step": self.epoch * self.steps_per_epoch, "finished": finished,
-                "best": self.best, "elapsed_s": self.elapsed}
+        state = {"epoch": self.epoch, "step": self.epoch * self.steps_per_epoch, "finished": finished,
+                 "best": self.best, "elapsed_s": self.elapsed}
+        if self.cfg.teacher:
+            state["teacher_sha256"] = file_sha256(self.cfg.teacher)
+        return state
 
     def save(self, finished: bool = False) -> None:
         if self.rank == 0:
@@ -157,6 +162,9 @@ class Trainer:
         if changed:
             raise ConfigError(f"{self.checkpoint_path}: the checkpoint was trained with other settings than "
                               f"{self.dir.config.name} ({changed}); the run cannot continue under them")
+        if self.cfg.teacher and ckpt.state.get("teacher_sha256") != file_sha256(self.cfg.teacher):
+            raise ConfigError(f"{self.checkpoint_path}: teacher {self.cfg.teacher} is not the file this run was "
+                              f"trained with (its SHA-256 differs)")
         if ckpt.state["epoch"] > self.cfg.epochs:
             raise ConfigError(f"{self.checkpoint_path}: checkpoint is at epoch {ckpt.state['epoch']}, past the "
                               f"run's {self.cfg.epochs} epochs")

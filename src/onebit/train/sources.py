@@ -67,7 +67,8 @@ class TensorSource:
         if getattr(cfg, "teacher", None):
             from onebit.train.distill import teacher_logits
 
-            self.teacher = teacher_logits(cfg.teacher, split.images, cfg.num_classes, progress=progress).to(device)
+            self.teacher = teacher_logits(cfg.teacher, split.images, cfg.num_classes, progress=progress,
+                                          device=device).to(device)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
         """(images, labels) batches, or (images, labels, teacher logits) when distilling."""
