@@ -69,10 +69,14 @@ PRESETS: dict[str, Preset] = {
     **{f"{ds}-wrn20-10-{_tag(norm)}-{bits}bit": paper_cifar(ds, norm, bits)
        for ds in ("cifar10", "cifar100") for norm in ("bn", "none") for bits in (1, 32)},
     # The README's main job: the best 5-minute CPU configuration found by sweeps/main-job-*.toml
-    # (docs/results/main-job): T = 2.5 instead of the paper's 40 learns much faster in a short run.
-    "cifar10-tiny": Preset("CPU, ~5 min on 2 cores: WRN-8-1, 1-bit, shifted ReLU (T = 2.5), 7 epochs",
-                           {"dataset": "cifar10", "depth": 8, "width": 1, "norm": "none", "weight_bits": 1,
-                            "epochs": 7, "train_limit": 0, "schedule": "cosine", "temperature": 2.5}),
+    # (docs/results/main-job): T = 2.5 instead of the paper's 40 learns much faster in a short run, and bf16
+    # (on a CPU with native bf16) buys a wider net in the same time: 66.5% validation accuracy against 61.5%
+    # for 7 float32 epochs of WRN-8-1 (sweeps/main-job-bf16.toml).
+    "cifar10-tiny": Preset("CPU, ~5 min on 2 cores with native bf16: WRN-8-2, 1-bit, shifted ReLU (T = 2.5), "
+                           "5 epochs in bf16",
+                           {"dataset": "cifar10", "depth": 8, "width": 2, "norm": "none", "weight_bits": 1,
+                            "epochs": 5, "train_limit": 0, "schedule": "cosine", "temperature": 2.5,
+                            "amp": True}),
     "cifar10-small": Preset("CPU, ~35 min on 2 cores: WRN-14-2, 1-bit, shifted ReLU, 10 epochs",
                             {"dataset": "cifar10", "depth": 14, "width": 2, "norm": "none", "weight_bits": 1,
                              "epochs": 10, "schedule": "cosine"}),
