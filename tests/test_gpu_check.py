@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from onebit.presets import get_preset
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
@@ -188,7 +190,8 @@ def test_cpu_smoke_run_of_the_whole_device_check(tmp_path):
     assert {r["model"] for r in parts["speed"]["rows"]} == {"wrn-8-1-bn-1bit", "wrn-8-1-srelu-1bit"}
     assert "profile" in parts["speed"]["rows"][0] and parts["speed"]["pairs"]
     runs = parts["accuracy"]["runs"]
-    assert [r["model"] for r in runs] == ["wrn-8-1-srelu-1bit", "wrn-8-1-srelu-1bit", "wrn-8-1-bn-1bit"]
+    preset_model = get_preset(gpu_check.PRESET).model_config().name       # the README's main-job network
+    assert [r["model"] for r in runs] == [preset_model, "wrn-8-1-srelu-1bit", "wrn-8-1-bn-1bit"]
     assert runs[0]["preset"] == gpu_check.PRESET and all(r["finished"] for r in runs)
     with ResultsStore(out / "runs.db", create=False) as store:
         stored = store.runs()

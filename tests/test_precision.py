@@ -109,7 +109,7 @@ def test_automatic_amp_is_resolved_once_and_recorded(tiny_cifar10, tmp_path, cap
 
 def test_a_sweep_plans_the_resolved_format(tmp_path):
     sweep = tmp_path / "s.toml"
-    sweep.write_text('[base]\npreset = "cifar10-tiny"\ndevice = "cpu"\n[grid]\namp = [false, true]\n'
+    sweep.write_text('[base]\ndepth = 8\nwidth = 1\ndevice = "cpu"\n[grid]\namp = [false, true]\n'
                      '[[include]]\nseed = 5\n')
     runs = load_sweep(sweep).expand()
     assert [r.config.amp for r in runs] == [False, True, precision.resolve_amp(None, "cpu")]
