@@ -311,3 +311,29 @@ def test_an_unfinished_averaging_run_evaluates_and_exports_its_average(tiny_cifa
     train(cfg, tmp_path / "run", resume=True, progress=False)
     final = load_checkpoint(tmp_path / "run")                 # finished: the average, BN statistics recomputed
     assert all(torch.equal(final.model_state[k], final.average_state[f"module.{k}"]) for k in final.model_state)
+
+
+def test_a_cpu_run_from_before_bf16_resumes_in_float32(tiny_cifar10, tmp_path, capsys):
+    """A version-1 checkpoint (and config.json) of a CPU run with amp = true trained in float32: it
+    continues in float32, ends with the weights of an uninterrupted float32 run, and says so."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    cfg = tiny(tiny_cifar10, amp=False)
+    train(cfg, tmp_path / "straight", progress=False)
+    train(cfg, tmp_path / "old", progress=False, stop_after=1)
+    path = tmp_path / "old" / "checkpoint.safetensors"
+    with safe_open(str(path), framework="pt") as f:                # as onebit wrote it before this change
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+    meta["version"] = "1"
+    meta["train_config"] = json.dumps({**json.loads(meta["train_config"]), "amp": True})
+    save_file(tensors, str(path), metadata=meta)
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    (tmp_path / "old" / "config.json").write_text(json.dumps({**config, "amp": True}))
+    capsys.readouterr()
+    result = train(cfg.replace(amp=True), tmp_path / "old", resume=True, progress=False)
+    assert "was trained in float32" in capsys.readouterr().err
+    assert json.loads((tmp_path / "old" / "config.json").read_text())["amp"] is False
+    assert result["config_hash"] == cfg.hash()
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "old")
+    assert all(torch.equal(a[k], b[k]) for k in a)

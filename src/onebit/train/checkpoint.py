@@ -26,7 +26,10 @@ from onebit.rundir import CHECKPOINT
 from onebit.safetensors_io import atomic_save, check_finite_constants, read_safetensors
 
 FORMAT = "onebit-checkpoint"
-VERSION = "1"
+# Version 2: written since CPUs train in bf16 with amp on. A version-1 checkpoint's amp = true meant bf16 on
+# a GPU but float32 on a CPU (Trainer.resume continues such a CPU run in float32).
+VERSION = "2"
+READABLE_VERSIONS = ("1", "2")
 
 
 @dataclass
@@ -37,6 +40,7 @@ class Checkpoint:
     model_state: dict[str, torch.Tensor]
     optimizer_state: dict[str, torch.Tensor]
     average_state: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    version: str = VERSION
 
     def build_model(self) -> WideResNet:
         """A model with these weights, in eval mode, on the CPU: the weight average where the run keeps
@@ -85,9 +89,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     tensors, metadata = read_safetensors(path)
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a onebit checkpoint (format={metadata.get('format')!r})")
-    if metadata.get("version") != VERSION:
+    if metadata.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(f"{path}: checkpoint version {metadata.get('version')!r} is not supported "
-                              f"(this onebit reads version {VERSION})")
+                              f"(this onebit reads versions {', '.join(READABLE_VERSIONS)})")
     try:
         model_config = parse_model_config(_json_field(metadata, "model_config", None))
         train_config = _json_field(metadata, "train_config", "{}")
@@ -116,7 +120,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                                       **{f"ema.{k}": v for k, v in average_state.items()}})
     if problem:
         raise CheckpointError(f"{path}: {problem}")
-    return Checkpoint(model_config, train_config, state, model_state, optim_state, average_state)
+    return Checkpoint(model_config, train_config, state, model_state, optim_state, average_state,
+                      metadata["version"])
 
 
 def _json_field(metadata: dict[str, str], key: str, default: str | None) -> Any:

@@ -155,6 +155,13 @@ class Trainer:
 
     def resume(self) -> None:
         ckpt = load_checkpoint(self.checkpoint_path)
+        if ckpt.version == "1" and self.device.type == "cpu" and self.cfg.amp and ckpt.train_config.get("amp"):
+            # written before CPUs trained in bf16: its amp = true trained in float32, and so it continues
+            warn(f"{self.checkpoint_path} was trained in float32 (amp = true meant GPUs only when it was "
+                 f"written); continuing in float32")
+            self.cfg = self.cfg.replace(amp=False)
+            self.step_fn.amp = False
+            ckpt.train_config = {**ckpt.train_config, "amp": False}
         if ckpt.model_config != self.model_config:
             raise ConfigError(f"{self.checkpoint_path}: checkpoint model {ckpt.model_config.name} does not "
                               f"match the run's config {self.model_config.name}")
