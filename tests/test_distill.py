@@ -49,6 +49,12 @@ def test_teacher_logits_are_computed_once_and_cached(tmp_path, monkeypatch):
     assert torch.equal(distill.teacher_logits(tmp_path / "teacher.onebit", images, 10, progress=False), first)
     with pytest.raises(AssertionError):                     # other images: a new pass
         distill.teacher_logits(tmp_path / "teacher.onebit", images[:5], 10, progress=False)
+    [cache_file] = (tmp_path / "cache" / "teacher").glob("*.safetensors")
+    cache_file.write_bytes(b"damaged")
+    monkeypatch.undo()
+    monkeypatch.setenv("ONEBIT_CACHE_DIR", str(tmp_path / "cache"))
+    again = distill.teacher_logits(tmp_path / "teacher.onebit", images, 10, progress=False)   # recomputed
+    assert torch.equal(again, first) and cache_file.stat().st_size > 100
 
 
 def test_a_teacher_for_other_classes_is_refused(tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from onebit.cache import cache_dir, file_sha256
-from onebit.errors import ConfigError
+from onebit.errors import ConfigError, OnebitError
 from onebit.safetensors_io import atomic_save, read_safetensors
 from onebit.train.precision import native_bf16_cpu
 
@@ -51,8 +51,10 @@ def teacher_logits(teacher: str | Path, images: torch.Tensor, num_classes: int, 
                          f"{'bf16' if amp else 'fp32'}".encode())
     cached = cache_dir("teacher") / f"{key.hexdigest()[:32]}.safetensors"
     if cached.is_file():
-        tensors, _ = read_safetensors(cached)
-        logits = tensors.get("logits")
+        try:
+            logits = read_safetensors(cached)[0].get("logits")
+        except OnebitError:                  # a damaged cache file is a miss: computed again and replaced
+            logits = None
         if logits is not None and tuple(logits.shape) == (len(images), num_classes):
             return logits
     model = _load_teacher(path)
