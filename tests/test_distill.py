@@ -47,14 +47,48 @@ def test_teacher_logits_are_computed_once_and_cached(tmp_path, monkeypatch):
 
     monkeypatch.setattr(distill, "_load_teacher", no_teacher)
     assert torch.equal(distill.teacher_logits(tmp_path / "teacher.onebit", images, 10, progress=False), first)
-    with pytest.raises(AssertionError):                     # other images: a new pass
-        distill.teacher_logits(tmp_path / "teacher.onebit", images[:5], 10, progress=False)
+    # a subset, in another order, is served from the cache (a validation split, --train-limit)
+    assert torch.equal(distill.teacher_logits(tmp_path / "teacher.onebit", images[[4, 0, 2]], 10, progress=False),
+                       first[[4, 0, 2]])
+    with pytest.raises(AssertionError):                     # an image not seen before: a new pass
+        distill.teacher_logits(tmp_path / "teacher.onebit", torch.cat([images[:2], 255 - images[:1]]), 10,
+                               progress=False)
     [cache_file] = (tmp_path / "cache" / "teacher").glob("*.safetensors")
     cache_file.write_bytes(b"damaged")
     monkeypatch.undo()
     monkeypatch.setenv("ONEBIT_CACHE_DIR", str(tmp_path / "cache"))
     again = distill.teacher_logits(tmp_path / "teacher.onebit", images, 10, progress=False)   # recomputed
     assert torch.equal(again, first) and cache_file.stat().st_size > 100
+
+
+def test_an_interrupted_teacher_pass_continues_where_it_stopped(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONEBIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(distill, "SAVE_EVERY", 2)
+    save_packed(build_model(WRNConfig(depth=8, width=1)), tmp_path / "teacher.onebit")
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    seen = []
+    real_load = distill._load_teacher
+
+    def counting_teacher(path):
+        model = real_load(path)
+        forward = model.forward
+
+        def counted(x):
+            seen.append(len(x))
+            if len(seen) == 3 and interrupt:
+                raise KeyboardInterrupt
+            return forward(x)
+        model.forward = counted
+        return model
+
+    monkeypatch.setattr(distill, "_load_teacher", counting_teacher)
+    interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        distill.teacher_logits(tmp_path / "teacher.onebit", images, 10, batch_size=2, progress=False)
+    assert seen == [2, 2, 2]                   # two batches done and saved, the third interrupted
+    interrupt, seen[:] = False, []
+    logits = distill.teacher_logits(tmp_path / "teacher.onebit", images, 10, batch_size=2, progress=False)
+    assert seen == [2] and logits.shape == (6, 10)          # only the last two images computed again
 
 
 def test_a_teacher_for_other_classes_is_refused(tmp_path, monkeypatch):

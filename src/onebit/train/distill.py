@@ -2,8 +2,9 @@
 
 The teacher (any onebit model file: a packed ``.onebit`` -- e.g. an imported reference WRN-20-10 -- or a
 checkpoint) is run once over the student's training images, un-augmented, and its logits are cached
-(``cache_dir("teacher")``, keyed by the teacher file's and the images' SHA-256), so that a sweep's runs share
-one pass (the cache key also names the number format the teacher ran in). The student then learns from
+(``cache_dir("teacher")``: one file per teacher file and number format, each image's logits keyed by the
+image's SHA-256), so that a sweep's runs, and runs on subsets of the same images, share one pass.
+The student then learns from
 
     loss = (1 - a) * CE(s, y) + a * T^2 * KL(softmax(t / T) || softmax(s / T))
 
@@ -36,42 +37,79 @@ def distillation_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logits
     return (1 - weight) * hard + weight * temperature ** 2 * soft
 
 
+SAVE_EVERY = 5_000          # images between partial saves of the cache during a teacher pass
+
+
+def image_digests(images: torch.Tensor) -> list[bytes]:
+    """SHA-256 of each uint8 image's bytes: the key of its cached teacher logits."""
+    flat = images.cpu().contiguous().reshape(len(images), -1).numpy()
+    return [hashlib.sha256(row.tobytes()).digest() for row in flat]
+
+
 def teacher_logits(teacher: str | Path, images: torch.Tensor, num_classes: int, batch_size: int = 100,
                    progress: bool = True, device: torch.device | str = "cpu") -> torch.Tensor:
-    """float32 logits (N, classes) of ``teacher`` on uint8 ``images`` (N, 3, H, W), computed on ``device``
-    (bf16 autocast on a GPU or a CPU with native bf16, else float32) or taken from the cache, which keys
-    them by the teacher file's and the images' SHA-256 and that number format."""
+    """float32 logits (N, classes) of ``teacher`` on uint8 ``images`` (N, 3, H, W).
+
+    Computed on ``device`` (bf16 autocast on a GPU or a CPU with native bf16, else float32) for the images
+    not yet in the cache, which holds one file per teacher file (SHA-256) and number format, with each
+    image's logits keyed by the image's SHA-256: so a validation split, a ``--train-limit`` subset and the
+    whole training set share one pass. A long pass saves what it has every ``SAVE_EVERY`` images, so an
+    interrupted one continues where it stopped; a damaged cache file is a miss."""
     path = Path(teacher)
     if not path.is_file():
         raise ConfigError(f"teacher {path}: no such model file")
     device = torch.device(device)
     amp = device.type == "cuda" or native_bf16_cpu()[0]
     images = images.cpu().contiguous()
-    key = hashlib.sha256(f"{file_sha256(path)} {hashlib.sha256(images.numpy().tobytes()).hexdigest()} "
-                         f"{'bf16' if amp else 'fp32'}".encode())
-    cached = cache_dir("teacher") / f"{key.hexdigest()[:32]}.safetensors"
-    if cached.is_file():
-        try:
-            logits = read_safetensors(cached)[0].get("logits")
-        except OnebitError:                  # a damaged cache file is a miss: computed again and replaced
-            logits = None
-        if logits is not None and tuple(logits.shape) == (len(images), num_classes):
-            return logits
-    model = _load_teacher(path)
-    if model.config.num_classes != num_classes or model.config.arch != "cifar":
-        raise ConfigError(f"teacher {path} is a {model.config.name} with {model.config.num_classes} classes; "
-                          f"the student needs a CIFAR model with {num_classes}")
-    model = model.to(device).to(memory_format=torch.channels_last).eval()
-    out = []
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        for start in tqdm(range(0, len(images), batch_size), disable=not progress, leave=False,
-                          desc=f"teacher {path.name} ({'bf16' if amp else 'float32'}), computed once and cached",
-                          unit="batch", dynamic_ncols=True):
-            x = images[start:start + batch_size].to(device).float().contiguous(memory_format=torch.channels_last)
-            out.append(model(x).float().cpu())
-    logits = torch.cat(out) if out else torch.zeros(0, num_classes)
-    atomic_save({"logits": logits}, {"teacher": path.name, "images": str(len(images))}, cached)
-    return logits
+    cached_file = cache_dir("teacher") / f"{file_sha256(path)[:32]}-{'bf16' if amp else 'fp32'}.safetensors"
+    known = _read_cache(cached_file, num_classes)
+    digests = image_digests(images)
+    missing = [i for i, d in enumerate(digests) if d not in known]
+    if missing:
+        model = _load_teacher(path)
+        if model.config.num_classes != num_classes or model.config.arch != "cifar":
+            raise ConfigError(f"teacher {path} is a {model.config.name} with {model.config.num_classes} classes; "
+                              f"the student needs a CIFAR model with {num_classes}")
+        model = model.to(device).to(memory_format=torch.channels_last).eval()
+        unsaved = 0
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp), \
+                tqdm(total=len(missing), disable=not progress, leave=False, unit="img", dynamic_ncols=True,
+                     desc=f"teacher {path.name} ({'bf16' if amp else 'float32'}), computed once and cached") as bar:
+            for start in range(0, len(missing), batch_size):
+                idx = missing[start:start + batch_size]
+                x = images[idx].to(device).float().contiguous(memory_format=torch.channels_last)
+                for i, row in zip(idx, model(x).float().cpu()):
+                    known[digests[i]] = row
+                unsaved += len(idx)
+                bar.update(len(idx))
+                if unsaved >= SAVE_EVERY:
+                    _write_cache(cached_file, known, path.name)
+                    unsaved = 0
+        _write_cache(cached_file, known, path.name)
+    if not digests:
+        return torch.zeros(0, num_classes)
+    return torch.stack([known[d] for d in digests])
+
+
+def _read_cache(path: Path, num_classes: int) -> dict[bytes, torch.Tensor]:
+    """digest -> logits from a cache file; empty when there is none or it is damaged or for other classes."""
+    if not path.is_file():
+        return {}
+    try:
+        tensors = read_safetensors(path)[0]
+    except OnebitError:
+        return {}
+    digests, logits = tensors.get("digests"), tensors.get("logits")
+    if (digests is None or logits is None or digests.dtype != torch.uint8 or digests.ndim != 2
+            or digests.shape[1] != 32 or tuple(logits.shape) != (len(digests), num_classes)):
+        return {}
+    return {bytes(d.tolist()): row for d, row in zip(digests, logits.float())}
+
+
+def _write_cache(path: Path, known: dict[bytes, torch.Tensor], teacher_name: str) -> None:
+    digests = torch.tensor(list(b"".join(known)), dtype=torch.uint8).reshape(len(known), 32)
+    atomic_save({"digests": digests, "logits": torch.stack(list(known.values())).float().contiguous()},
+                {"teacher": teacher_name, "images": str(len(known))}, path)
 
 
 def _load_teacher(path: Path) -> torch.nn.Module:
