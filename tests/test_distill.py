@@ -163,3 +163,32 @@ def test_a_teacher_counts_by_its_content_in_the_hash_and_on_resume(tiny_cifar10,
     shutil.copy(tmp_path / "b" / "teacher.onebit", tmp_path / "a" / "teacher.onebit")
     with pytest.raises(ConfigError, match="is not the file this run was trained with"):
         train(cfg, tmp_path / "run", resume=True, progress=False)
+
+
+def test_a_reference_teacher_is_found_in_the_reference_models_folder(tmp_path, monkeypatch):
+    from onebit.train.config import teacher_file
+
+    save_packed(build_model(WRNConfig(depth=8, width=1)), tmp_path / "released.onebit")
+    monkeypatch.setenv("ONEBIT_REFERENCE_MODELS", str(tmp_path))
+    assert teacher_file("reference:released.onebit") == tmp_path / "released.onebit"
+    cfg = TrainConfig(depth=8, width=1, teacher="reference:released.onebit")
+    assert cfg.hash() == cfg.replace(teacher=str(tmp_path / "released.onebit")).hash()    # same file, same run
+    monkeypatch.setenv("ONEBIT_REFERENCE_MODELS", str(tmp_path / "elsewhere"))
+    with pytest.raises(ConfigError, match="elsewhere/released.onebit not found; set ONEBIT_REFERENCE_MODELS"):
+        teacher_file("reference:released.onebit")
+    for bad in ("reference:", "reference:../released.onebit"):
+        with pytest.raises(ConfigError, match="takes a file name"):
+            teacher_file(bad)
+
+
+def test_a_released_mat_file_teaches_as_its_imported_model(reference_models_dir):
+    """The authors' released WRN-20-10 (.mat) is read as a teacher directly, with the imported model's logits."""
+    from onebit.reference import import_reference
+
+    mat = reference_models_dir / "CIFAR10_allparams.mat"
+
+    model = distill._load_teacher(mat)
+    want = import_reference(mat).model
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8).float()
+    with torch.no_grad():
+        assert torch.equal(model(x), want(x)) and model.config.depth == 20 and model.config.width == 10

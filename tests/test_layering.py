@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "data": {"errors", "nn", "models"},
     "export": {"errors", "atomic", "rundir", "nn", "models", "safetensors_io"},
     "reference": {"errors", "nn", "models"},
-    "train": _CORE | {"data", "export"},          # export: a distillation teacher may be a packed model
+    "train": _CORE | {"data", "export", "reference"},   # a distillation teacher may be a packed or released model
     "presets": _CORE | {"data", "train"},
     "loading": _CORE | {"export", "train"},
     "experiments": _CORE | {"data", "train", "presets"},

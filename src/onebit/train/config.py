@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass
@@ -80,8 +81,9 @@ class TrainConfig:
     label_smoothing: float = option(0.0, "label smoothing of the training loss, 0..<1 (0 = off, as the paper)")
     ema_decay: float = option(0.0, "exponential moving average of the weights, decay per step, 0..<1 (0 = off, as "
                                    "the paper; e.g. 0.999): evaluation and the final model use the average")
-    teacher: str | None = option(None, "distil from this model file (.onebit or checkpoint, e.g. an imported "
-                                       "reference WRN-20-10); its logits are computed once and cached")
+    teacher: str | None = option(None, "distil from this model file (.onebit, checkpoint or released .mat), or "
+                                       "reference:NAME, a model released with the reference implementation "
+                                       "in $ONEBIT_REFERENCE_MODELS; its logits are computed once and cached")
     distill_weight: float = option(0.5, "with --teacher: weight a of the teacher's soft loss, 0<a<=1")
     distill_temperature: float = option(4.0, "with --teacher: softmax temperature of the soft loss")
     # augmentation
@@ -234,8 +236,37 @@ class TrainConfig:
         if self.amp is True:
             items["amp"] = "bf16"
         if self.teacher is not None:
-            items["teacher"] = file_sha256(self.teacher) or Path(self.teacher).name
+            items["teacher"] = (file_sha256(teacher_file(self.teacher, must_exist=False))
+                                or Path(self.teacher).name)
         return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:16]
+
+
+REFERENCE_PREFIX = "reference:"
+
+
+def reference_models_dir() -> Path:
+    """``$ONEBIT_REFERENCE_MODELS`` if set, else a per-user folder: where ``reference:NAME`` teachers live."""
+    return Path(os.environ.get("ONEBIT_REFERENCE_MODELS") or "~/.cache/onebit/reference-models").expanduser()
+
+
+def teacher_file(teacher: str, must_exist: bool = True) -> Path:
+    """The model file a ``teacher`` setting names: a path, or ``reference:NAME``, the file NAME released with
+    the reference implementation (github.com/McDonnell-Lab/1-bit-per-weight, TrainedModels/) in
+    ``reference_models_dir()``. ConfigError, naming where it looked, when ``must_exist`` and it is absent."""
+    if not teacher.startswith(REFERENCE_PREFIX):
+        path = Path(teacher).expanduser()
+        if must_exist and not path.is_file():
+            raise ConfigError(f"teacher {path}: no such model file")
+        return path
+    name = teacher[len(REFERENCE_PREFIX):]
+    if not name or Path(name).name != name:
+        raise ConfigError(f"teacher {teacher!r}: reference:NAME takes a file name, e.g. "
+                          f"reference:CIFAR10_allparams.mat")
+    path = reference_models_dir() / name
+    if must_exist and not path.is_file():
+        raise ConfigError(f"teacher {teacher}: {path} not found; set ONEBIT_REFERENCE_MODELS to the folder holding "
+                          f"the released models (github.com/McDonnell-Lab/1-bit-per-weight, TrainedModels/)")
+    return path
 
 
 def check_device_name(name: str) -> None:

@@ -1,9 +1,10 @@
 """Knowledge distillation from a trained teacher (Hinton, Vinyals & Dean 2015), for small students.
 
-The teacher (any onebit model file: a packed ``.onebit`` -- e.g. an imported reference WRN-20-10 -- or a
-checkpoint) is run once over the student's training images, un-augmented, and its logits are cached
-(``cache_dir("teacher")``: one file per teacher file and number format, each image's logits keyed by the
-image's SHA-256), so that a sweep's runs, and runs on subsets of the same images, share one pass.
+The teacher (a packed ``.onebit`` model, a checkpoint, or a model released with the reference
+implementation, ``*_allparams.mat``, e.g. the WRN-20-10 in ``../shared/reference-models``) is run once over
+the student's training images, un-augmented, and its logits are cached (``cache_dir("teacher")``: one file
+per teacher file and number format, each image's logits keyed by the image's SHA-256), so that a sweep's
+runs, and runs on subsets of the same images, share one pass.
 The student then learns from
 
     loss = (1 - a) * CE(s, y) + a * T^2 * KL(softmax(t / T) || softmax(s / T))
@@ -113,11 +114,15 @@ def _write_cache(path: Path, known: dict[bytes, torch.Tensor], teacher_name: str
 
 
 def _load_teacher(path: Path) -> torch.nn.Module:
-    """A packed model or a training checkpoint, told apart by the ``format`` metadata field (as
-    ``onebit.loading`` does; that module sits above this layer)."""
+    """A packed model, a training checkpoint (told apart by the ``format`` metadata field, as
+    ``onebit.loading`` does; that module sits above this layer) or a model released with the reference
+    implementation (``*.mat``, converted in memory by ``onebit.reference``)."""
     from onebit.export.packed import FORMAT as PACKED_FORMAT, load_packed
+    from onebit.reference import import_reference
     from onebit.train.checkpoint import FORMAT as CHECKPOINT_FORMAT, load_checkpoint
 
+    if path.suffix.lower() == ".mat":
+        return import_reference(path).model
     _, metadata = read_safetensors(path)
     if metadata.get("format") == PACKED_FORMAT:
         return load_packed(path)[0]

@@ -31,7 +31,7 @@ from onebit.errors import ConfigError, OnebitError, TrainingDiverged, warn
 from onebit.models import WideResNet, build_model
 from onebit.rundir import RunDir
 from onebit.train.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
-from onebit.train.config import NOT_RESULT_SETTINGS, TrainConfig
+from onebit.train.config import NOT_RESULT_SETTINGS, TrainConfig, teacher_file
 from onebit.train.distributed import DistEnv, all_reduce_sum, device_for, distributed_context
 from onebit.train.evaluation import metric_sums, predict_batches
 from onebit.train.precision import describe, inference_autocast, resolve_amp
@@ -145,7 +145,7 @@ class Trainer:
         state = {"epoch": self.epoch, "step": self.epoch * self.steps_per_epoch, "finished": finished,
                  "best": self.best, "elapsed_s": self.elapsed}
         if self.cfg.teacher:
-            state["teacher_sha256"] = file_sha256(self.cfg.teacher)
+            state["teacher_sha256"] = file_sha256(teacher_file(self.cfg.teacher))
         return state
 
     def save(self, finished: bool = False) -> None:
@@ -169,7 +169,7 @@ class Trainer:
         if changed:
             raise ConfigError(f"{self.checkpoint_path}: the checkpoint was trained with other settings than "
                               f"{self.dir.config.name} ({changed}); the run cannot continue under them")
-        if self.cfg.teacher and ckpt.state.get("teacher_sha256") != file_sha256(self.cfg.teacher):
+        if self.cfg.teacher and ckpt.state.get("teacher_sha256") != file_sha256(teacher_file(self.cfg.teacher)):
             raise ConfigError(f"{self.checkpoint_path}: teacher {self.cfg.teacher} is not the file this run was "
                               f"trained with (its SHA-256 differs)")
         if ckpt.state["epoch"] > self.cfg.epochs:

@@ -65,9 +65,10 @@ class TensorSource:
         self.steps_per_epoch = steps_per_epoch(len(self.labels), cfg.batch_size)
         self.teacher = None                    # a teacher's logits per training image (distillation)
         if getattr(cfg, "teacher", None):
+            from onebit.train.config import teacher_file
             from onebit.train.distill import teacher_logits
 
-            self.teacher = teacher_logits(cfg.teacher, split.images, cfg.num_classes, progress=progress,
+            self.teacher = teacher_logits(teacher_file(cfg.teacher), split.images, cfg.num_classes, progress=progress,
                                           device=device).to(device)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
