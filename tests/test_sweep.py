@@ -105,6 +105,21 @@ def test_data_dir_environment_and_default(tmp_path, monkeypatch):
         resolve_path("${ONEBIT_TEST_DATA}", tmp_path)
 
 
+def test_teacher_paths_are_relative_to_the_sweep_file_and_reference_names_are_kept(tmp_path):
+    text = """
+[base]
+depth = 8
+width = 1
+[[include]]
+teacher = "models/t.onebit"
+[[include]]
+teacher = "reference:CIFAR10_allparams.mat"
+"""
+    runs = load_sweep(write(tmp_path, text)).expand()
+    assert [r.config.teacher for r in runs] == [str(tmp_path / "models" / "t.onebit"),
+                                                "reference:CIFAR10_allparams.mat"]
+
+
 @pytest.mark.parametrize("text, message", [
     ("[base]\ndeepth = 8\n", "unknown option"),
     ("[grid]\ndepth = 8\n", "non-empty list"),

@@ -54,7 +54,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from onebit.errors import ConfigError
 from onebit.presets import PRESETS
-from onebit.train.config import TrainConfig
+from onebit.train.config import REFERENCE_PREFIX, TrainConfig
 from onebit.train.precision import resolve_amp
 
 TABLES = {"sweep", "base", "grid", "rule", "exclude", "include"}
@@ -128,7 +128,7 @@ class Sweep:
     def _plan(self, settings: dict[str, Any], point: dict[str, Any]) -> PlannedRun:
         options = {k: v for k, v in settings.items() if k != "preset"}
         for key in ("data_dir", "teacher"):          # paths in a sweep file are relative to it
-            if isinstance(options.get(key), str):
+            if isinstance(options.get(key), str) and not options[key].startswith(REFERENCE_PREFIX):
                 options[key] = resolve_path(options[key], self.path.parent)
         shown = ", ".join(f"{k}={v!r}" for k, v in point.items()) or "base"
         try:
