@@ -9,7 +9,7 @@ killed, the others still run, and what it finished is kept):
 
 1. **tests**: ``pytest -m gpu tests/test_gpu.py`` (bf16 / channels_last / compiled step vs fp32 eager,
    fused vs foreach SGD, bit-exact GPU resume and CPU loading, packed export on the CPU).
-2. **speed**: ``bench/gpu_train.py`` for WRN-20-10 and WRN-14-4, 1-bit, both designs: images/s, ms/step,
+2. **speed**: ``onebit bench gpu-train`` for WRN-20-10 and WRN-14-4, 1-bit, both designs: images/s, ms/step,
    MFU against the card's dense bf16 peak (and against a measured bf16 matmul), peak memory, BN / shifted
    ReLU ratios; a torch.profiler summary when WRN-20-10's MFU is below 35%.
 3. **accuracy**: the README's CPU main-job preset (``PRESET``) on the packed subset, to compare with the
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
@@ -46,7 +45,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "scripts"))
 
 PRESET = "cifar10-tiny"                       # the README's CPU main job; rename here if the README does
-SPEED_SCRIPT = REPO / "bench" / "gpu_train.py"
+SPEED_COMMAND = ["-m", "onebit", "bench", "gpu-train"]     # src/onebit/bench/gpu_train.py
 GPU_TESTS = REPO / "tests" / "test_gpu.py"
 DATA = REPO / ".gpu-data"                     # written by scripts/gpu_data.py pack, carried with the call
 REFERENCE = REPO / "docs" / "results" / "gpu-check" / "cpu-reference.json"
@@ -180,7 +179,7 @@ def part_tests(log: Log, work: Path, mode: dict, budget: float, cpu: bool) -> di
 def part_speed(log: Log, work: Path, mode: dict, budget: float, cpu: bool) -> dict:
     result = work / "speed.json"
     big = "wrn-{}-{}".format(*mode["big"])
-    cmd = [sys.executable, str(SPEED_SCRIPT), "--models", mode["speed_models"], "--bits", "1",
+    cmd = [sys.executable, *SPEED_COMMAND, "--models", mode["speed_models"], "--bits", "1",
            "--steps", str(mode["steps"]), "--warmup", str(mode["warmup"]), "--batch-size", str(mode["batch"]),
            "--matmul", "--profile-below", str(1.01 if cpu else MFU_PROFILE_BELOW), "--profile-models", big,
            "--profile-steps", str(mode["profile_steps"]), "--time-budget", str(max(1.0, budget - 15)),
@@ -189,7 +188,7 @@ def part_speed(log: Log, work: Path, mode: dict, budget: float, cpu: bool) -> di
         cmd += ["--device", "cpu", "--threads", "1"]
     rc, seconds = log.run(cmd, budget, child_env(cpu))
     out = json.loads(result.read_text()) if result.is_file() else {}
-    out.update(rc=rc, seconds=seconds, script=str(SPEED_SCRIPT.relative_to(REPO)))
+    out.update(rc=rc, seconds=seconds, script="onebit bench gpu-train")
     out["status"] = "ok" if rc == 0 and out.get("rows") and not out.get("skipped") else (
         "timeout" if rc == 124 else "partial" if out.get("rows") else "failed")
     return out

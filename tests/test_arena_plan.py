@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from onebit.export.c_program import lower
-from onebit.export.c_runtime import _lag_bytes, plan_slots
+from onebit.export.arena import lag_bytes, plan_slots
 from onebit.models import ReferenceLayout, WRNConfig, build_model
 
 
@@ -57,7 +57,7 @@ def test_live_tensors_never_collide(cfg, overlap):
                         assert lo == ulo                            # in place, element by element
                     else:
                         assert overlap and u == st.src and last[u] == i, (t, u)
-                        assert lo <= ulo - _lag_bytes(st, row, urow)
+                        assert lo <= ulo - lag_bytes(st, row, urow)
             if len(written) == 2 and st.res != "identity":
                 a, b = sp[written[0]], sp[written[1]]
                 assert a[1] <= b[0] or b[1] <= a[0]

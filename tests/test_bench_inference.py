@@ -15,7 +15,7 @@ from onebit.errors import ConfigError
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) on PATH")
 def test_bench_smoke(tmp_path, cifar10_dir, capsys):
     out = tmp_path / "bench"
-    assert main(["bench", "wrn-8-1", "--subjects", "onnxruntime,c-float,c-int", "--runs", "3",
+    assert main(["bench", "inference", "wrn-8-1", "--subjects", "onnxruntime,c-float,c-int", "--runs", "3",
                  "--batch", "4", "--batch-runs", "1", "--calibrate", "16", "--data-dir", str(cifar10_dir),
                  "-o", str(out)]) == 0
     text = capsys.readouterr().out

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from onebit.export import c_contract
+from onebit.export.c_build import run_make
 from onebit.export.c_runtime import TEMPLATES, export_c
 from onebit.models import WRNConfig, build_model
 
@@ -68,9 +69,8 @@ def test_compiled_runtime_reports_the_contract(tmp_path):
         "    uint8_t img[ONEBIT_INPUT_BYTES] = {0};\n"
         '    printf("%d %d\\n", onebit_infer(ONEBIT_FLOAT, img, l, p + 1), onebit_infer(ONEBIT_FLOAT, img, l, p));\n'
         "    return 0;\n}\n")
-    exe = out / "probe"
-    subprocess.run(["cc", "-std=c99", "-O1", "-Wall", "-Wextra", "-Werror", "-o", str(exe), str(out / "probe.c"),
-                    str(out / "onebit.c"), "-lm"], check=True, capture_output=True)
+    run_make(out, "onebit_demo", SOURCES="probe.c onebit.c", WERROR="-Werror")    # the Makefile's rule, a probe
+    exe = out / "onebit_demo"
     lines = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split("\n")
     assert lines[0].split() == [str(v) for v in (c_contract.NCO, c_contract.TAP_BYTES, c_contract.ARENA_ALIGN,
                                                  c_contract.SLOT_ALIGN, c_contract.MODES["float"],

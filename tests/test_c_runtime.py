@@ -15,14 +15,17 @@ import torch
 
 from onebit.data.cifar import load_cifar
 from onebit.errors import ConfigError
+from onebit.export.c_build import SIMD_VARIANTS, run_make
 from onebit.export.c_program import lower, model_fingerprint, run_program
-from onebit.export.c_runtime import export_c, pack_step_bits, plan_slots
+from onebit.export.arena import plan_slots
+from onebit.export.c_emit import pack_step_bits
+from onebit.export.c_runtime import export_c
 from onebit.export.fixed_point import QParams, run_program_int
 from onebit.models import ReferenceLayout, WRNConfig, build_model
 
 CC = shutil.which("cc")
 needs_cc = pytest.mark.skipif(CC is None, reason="no C compiler (cc) on PATH")
-STRICT = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror"]
+STRICT = "-std=c99 -O2 -Wall -Wextra -Werror"
 N_IMAGES = 32
 
 
@@ -56,11 +59,13 @@ def make_model(cfg: WRNConfig, calib: torch.Tensor, seed: int = 0) -> torch.nn.M
     return model.eval()
 
 
-def build(out: Path, name: str, flags: list[str]) -> Path:
-    exe = out / name
-    cmd = [CC, *STRICT, *flags, "-o", str(exe), str(out / "onebit_demo.c"), str(out / "onebit.c"), "-lm"]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return exe
+def build(out: Path, name: str, simd: str = "", threads: int = 1, cflags: str | None = None) -> Path:
+    """``make onebit_demo`` in the export (its Makefile is the one build path) with these SIMD flags and
+    threads, -Werror, renamed to ``name`` so that variants sit side by side."""
+    (out / "onebit_demo").unlink(missing_ok=True)
+    run_make(out, "onebit_demo", CC=CC, SIMD=simd, THREADS=threads, WERROR="-Werror",
+             **({"CFLAGS": cflags} if cflags is not None else {}))
+    return (out / "onebit_demo").rename(out / name)
 
 
 def _is_number(text: str) -> bool:
@@ -116,7 +121,7 @@ def test_portable_build_matches_pytorch_and_int_matches_python(cfg, cifar, tmp_p
     images, calib = cifar
     model = make_model(cfg, calib)
     out = export_and_write(model, tmp_path, images, calib)
-    exe = build(out, "demo_strict", [])                 # exactly the strict C99 command, no SIMD flags
+    exe = build(out, "demo_strict", cflags=STRICT)       # exactly the strict C99 command, no SIMD flags
     check_float(exe, out, model, images)
     q, _ = run_demo(exe, out / "images.bin", "--int", "--raw")
     qp = QParams.from_dict(json.loads((out / "onebit_model.json").read_text())["qparams"])
@@ -131,13 +136,13 @@ def test_portable_build_matches_pytorch_and_int_matches_python(cfg, cifar, tmp_p
 @needs_cc
 def test_simd_kernels_identical_to_portable(cifar, tmp_path):
     flags = cpu_flags()
-    variants = {"portable": ["-DONEBIT_PORTABLE"]}
+    variants = {"portable": SIMD_VARIANTS["portable"]}
     if {"avx2", "fma"} <= flags:
-        variants["avx2"] = ["-mavx2", "-mfma"]
+        variants["avx2"] = SIMD_VARIANTS["avx2"]
     if {"avx512f", "avx512bw"} <= flags:
-        variants["avx512"] = ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw"]
+        variants["avx512"] = "-mavx2 -mfma -mavx512f -mavx512bw"
         if "avx512_vnni" in flags and "bmi2" in flags:
-            variants["avx512-vnni"] = ["-march=native"]
+            variants["avx512-vnni"] = SIMD_VARIANTS["native"]
     if len(variants) == 1:
         pytest.skip("this CPU has neither AVX2+FMA nor AVX-512")
     images, calib = cifar
@@ -147,7 +152,7 @@ def test_simd_kernels_identical_to_portable(cifar, tmp_path):
     out = export_and_write(model, tmp_path, images, calib, size=20)
     results = {}
     for name, extra in variants.items():
-        exe = build(out, f"demo_{name}", ["-ffp-contract=off", *extra])
+        exe = build(out, f"demo_{name}", extra)
         bench = subprocess.run([str(exe), "--bench", "1", str(out / "images.bin")], capture_output=True,
                                text=True, check=True).stdout
         assert re.search(r"kernels (\w+)", bench).group(1) == name.split("-")[0]
@@ -156,7 +161,7 @@ def test_simd_kernels_identical_to_portable(cifar, tmp_path):
     for name, (f, q) in results.items():
         assert np.array_equal(f, base_f), name                  # bit-identical float logits
         assert np.array_equal(q, base_q), name
-    check_float(build(out, "demo_native", ["-march=native"]), out, model, images)
+    check_float(build(out, "demo_native", SIMD_VARIANTS["native"]), out, model, images)
 
 
 @needs_cc
@@ -164,7 +169,7 @@ def test_threads_give_identical_results(cifar, tmp_path):
     images, calib = cifar
     model = make_model(WRNConfig(depth=8, width=2), calib)
     out = export_and_write(model, tmp_path, images[:8], calib)
-    exe = build(out, "demo_threads", ["-march=native", "-DONEBIT_THREADS=3", "-pthread"])
+    exe = build(out, "demo_threads", SIMD_VARIANTS["native"], threads=3)
     one = run_demo(exe, out / "images.bin")[0]
     (out / "truncated.bin").write_bytes((out / "images.bin").read_bytes()[:5000])
     bad = subprocess.run([str(exe), str(out / "truncated.bin")], capture_output=True, text=True)
@@ -222,7 +227,7 @@ def test_demo_refuses_labels_outside_the_classes_and_raw_without_int(tmp_path):
     torch.manual_seed(0)
     model = build_model(WRNConfig(depth=8, width=1)).eval()
     out = export_c(model, tmp_path / "c")
-    exe = build(out, "demo", [])
+    exe = build(out, "demo")
     images = torch.randint(0, 256, (3, 3 * 32 * 32), dtype=torch.uint8)
     good = torch.cat([torch.tensor([[1], [9], [0]], dtype=torch.uint8), images], 1)
     (tmp_path / "good.bin").write_bytes(good.numpy().tobytes())

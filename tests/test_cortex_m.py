@@ -6,6 +6,7 @@ against a plain host export, so the bare-metal arena plan (outputs over consumed
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import numpy as np
@@ -54,7 +55,8 @@ def trained(tmp_path_factory, cifar10_dir):
     subprocess.run(["make", "-C", str(plain), "host"], check=True, capture_output=True)
     demo = plain / "onebit_demo_host"
     assert np.array_equal(host_run("--int", "--raw")[0], q) and np.array_equal(host_run()[0], f)
-    return {"outs": outs, "images": images, "labels": test.labels[:N_INT].numpy(),
+    return {"run": run, "data_dir": cifar10_dir, "outs": outs, "images": images,
+            "labels": test.labels[:N_INT].numpy(),
             "host_int": q.astype(np.int64), "host_int_pred": q_pred, "host_float": f.astype(np.float32)}
 
 
@@ -110,3 +112,15 @@ def test_harness_reports_a_bad_image_file(trained, tmp_path):
     from onebit.errors import OnebitError
     with pytest.raises(OnebitError, match="status 1.*not a whole number of images"):
         run_firmware(elf, bad)
+
+
+def test_the_firmware_accuracy_benchmark_scores_the_firmware_s_own_outputs(trained, tmp_path, capsys):
+    """``onebit bench firmware accuracy``: the firmware's predictions, compared logit for logit with the host."""
+    out = tmp_path / "acc.json"
+    assert main(["bench", "firmware", "accuracy", str(trained["run"]), "--targets", "cortex-m4", "--images", "30",
+                 "--data-dir", str(trained["data_dir"]), "--json", str(out)]) == 0
+    [row] = json.loads(out.read_text())["rows"]
+    want = float((trained["host_int_pred"][:30] == trained["labels"][:30]).mean())
+    assert row["images"] == 30 and row["logits_identical"] is True and row["kernels"] == "dsp"
+    assert row["firmware_accuracy"] == row["host_accuracy"] == pytest.approx(want)
+    assert f"{100 * want:.2f}%" in capsys.readouterr().out

@@ -12,6 +12,7 @@ import torch
 
 from onebit.cli import main
 from onebit.data.cifar import load_cifar
+from onebit.export.c_build import SIMD_VARIANTS
 from onebit.export.packed import save_packed
 from onebit.models import WRNConfig, build_model
 from conftest import write_cifar_batch
@@ -62,7 +63,7 @@ def demo(tmp_path_factory):
                  "--data-dir", str(root)]) == 0
     assert main(["data", "export-bin", "--data-dir", str(root), "-o", str(root / "test.bin"),
                  "--labels", str(root / "labels.bin")]) == 0
-    return root, model, build(root / "c", "demo", ["-DONEBIT_PORTABLE"])
+    return root, model, build(root / "c", "demo", SIMD_VARIANTS["portable"])
 
 
 @needs_cc
@@ -109,16 +110,16 @@ def test_demo_without_known_class_names_prints_indices(tmp_path, demo):
 
     out = export_c(model, tmp_path / "c")               # no class names given
     assert "#define ONEBIT_HAVE_CLASS_NAMES 0" in (out / "onebit_classes.h").read_text()
-    exe = build(out, "demo", ["-DONEBIT_PORTABLE"])
+    exe = build(out, "demo", SIMD_VARIANTS["portable"])
     res = subprocess.run([str(exe), "--max", "2", str(root / "test.bin")], capture_output=True, text=True,
                          check=True)
     assert [r[2] for r in demo_rows(res.stdout)] == [None, None]
 
 
 def test_class_names_are_safe_c_strings(tmp_path):
-    from onebit.export.c_runtime import _classes_header
+    from onebit.export.c_emit import classes_header
 
-    text = _classes_header(['a "quoted" \\ name', "??=trigraph", "caf\u00e9 au lait"] + ["x"] * 7, 10)
+    text = classes_header(['a "quoted" \\ name', "??=trigraph", "caf\u00e9 au lait"] + ["x"] * 7, 10)
     assert '"a_\\"quoted\\"_\\\\_name"' in text
     assert '"\\?\\?=trigraph"' in text
     assert '"caf\\?_au_lait"' in text

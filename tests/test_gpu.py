@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from conftest import write_cifar_batch
 from onebit.export.packed import load_packed, save_packed
-from onebit.models import WRNConfig, build_model
+from onebit.models import build_model
 from onebit.train.checkpoint import load_checkpoint, restore_optimizer, save_checkpoint
 from onebit.train.config import TrainConfig
 from onebit.train.evaluation import predict_logits

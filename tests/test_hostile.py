@@ -357,8 +357,8 @@ CASES = [
                                "1000000000"], "above the 50,000"),
     ("export-calibrate-packed", ["export", "{ws}/m.onebit", "-o", "{ws}/p.onebit", "--calibrate", "10"],
      "--format c only"),
-    ("bench-calibrate-negative", ["bench", "wrn-8-1", "--calibrate", "-1", "-o", "{ws}/b"], "calibrate"),
-    ("bench-subjects-empty", ["bench", "wrn-8-1", "--subjects", "", "-o", "{ws}/b"], "no benchmark subjects"),
+    ("bench-calibrate-negative", ["bench", "inference", "wrn-8-1", "--calibrate", "-1", "-o", "{ws}/b"], "calibrate"),
+    ("bench-subjects-empty", ["bench", "inference", "wrn-8-1", "--subjects", "", "-o", "{ws}/b"], "no benchmark subjects"),
     # issue 23: stores are validated as they are read
     ("runs-text-accuracy", ["runs", "{ws}/text_acc.db"], "test_acc = 'high' is not a number"),
     ("report-text-accuracy", ["report", "{ws}/text_acc.db", "-o", "{ws}/rep"], "is not a number"),

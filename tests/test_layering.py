@@ -8,6 +8,7 @@ the lazy imports inside functions, so an import hidden in a function body counts
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "onebit"
@@ -143,23 +144,33 @@ def test_the_check_sees_cycles_and_upward_imports_in_function_bodies(tmp_path):
 
 
 def test_programs_outside_the_package_use_the_package_homes():
-    """bench/ and scripts/ take the optimizer from onebit.train.optimizer and the splits from
+    """Programs outside the package are few and named here: every benchmark is ``onebit bench NAME``
+    (onebit/bench/), and the scripts take the optimizer from onebit.train.optimizer and the splits from
     onebit.data.splits, never from the training loop's module (which only runs training)."""
     root = PACKAGE.parents[1]
+    programs = sorted(str(p.relative_to(root)) for p in root.glob("*/*.py")
+                      if p.parts[-2] not in ("src", "tests") and not p.parts[-2].startswith("."))
+    assert programs == ["scripts/gpu_check.py", "scripts/gpu_data.py", "scripts/main_job_frontier.py"]
     offenders = []
-    for folder in ("bench", "scripts"):
-        for path in sorted((root / folder).glob("*.py")):
-            for node in ast.walk(ast.parse(path.read_text(), str(path))):
-                if isinstance(node, ast.ImportFrom) and node.module == "onebit.train.loop":
-                    used = {a.name for a in node.names} - {"train", "Trainer"}
-                    if used:
-                        offenders.append(f"{path.relative_to(root)} imports {sorted(used)} from onebit.train.loop")
+    for path in sorted((root / "scripts").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module == "onebit.train.loop":
+                used = {a.name for a in node.names} - {"train", "Trainer"}
+                if used:
+                    offenders.append(f"{path.relative_to(root)} imports {sorted(used)} from onebit.train.loop")
     assert offenders == []
 
 
+def test_model_names_have_one_parser():
+    """``wrn-D-K[-bn]`` is parsed in one place (onebit.models.config.parse_model_name)."""
+    sources = {p: p.read_text() for p in PACKAGE.rglob("*.py")}
+    parsers = [str(p.relative_to(PACKAGE)) for p, text in sources.items() if 'r"wrn-(' in text]
+    assert parsers == ["models/config.py"]
+
+
 def test_each_fact_has_one_owner():
-    """The C export's description file, the dataset a model's shape implies and the atomic write are each
-    written in one place."""
+    """The C export's description file, the dataset a model's shape implies, the atomic write, the class
+    counts and the usable CPUs are each written in one place."""
     sources = {p: p.read_text() for p in PACKAGE.rglob("*.py")}
     named = [p.relative_to(PACKAGE) for p, text in sources.items() if '"onebit_model.json"' in text]
     assert [str(p) for p in named] == ["export/c_contract.py"]
@@ -167,3 +178,37 @@ def test_each_fact_has_one_owner():
     assert [str(p) for p in guesses] == ["models/config.py"]
     writers = [p.relative_to(PACKAGE) for p, text in sources.items() if "def atomic_output" in text]
     assert [str(p) for p in writers] == ["atomic.py"]
+    counts = [str(p.relative_to(PACKAGE)) for p, text in sources.items()
+              if re.search(r'"num_classes": 10\b|"imagenet": 1000|"cifar100": 100\b', text)]
+    assert counts == ["data/datasets.py"]                      # every dataset's class count
+    cpu_counts = [str(p.relative_to(PACKAGE)) for p, text in sources.items() if "sched_getaffinity" in text]
+    assert cpu_counts == ["train/threads.py"]                  # the CPUs this process may use
+
+
+def test_only_export_builds_c():
+    """Every compile goes through the exported Makefile (onebit.export.c_build): outside export/, no code
+    names a compiler, a compiler flag or make (docstrings aside)."""
+    flag = re.compile(r"^(-std=|-march=|-mcpu=|-mavx|-mfma|-O[0-3s]$|-fPIC$|-shared$)")
+    tools = {"make", "cc", "gcc", "clang", "arm-none-eabi-gcc", "aarch64-linux-gnu-gcc"}
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.relative_to(PACKAGE).parts[0] == "export":
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                    and (flag.match(node.value) or node.value in tools)):
+                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.value!r}")
+    assert offenders == []
+
+
+def test_ci_installs_the_toolchains_the_targets_name():
+    """export/targets.py owns the Debian package list; .ci/run (which runs before Python has onebit's
+    dependencies) repeats it, and must repeat it exactly."""
+    from onebit.export.targets import TARGETS
+
+    wanted = {p for t in TARGETS.values() for p in t.packages}
+    ci = (PACKAGE.parents[1] / ".ci" / "run").read_text()
+    install = re.search(r"apt-get install -y -qq ([^>]*)>", ci).group(1)
+    assert set(install.replace("\\", " ").split()) == wanted

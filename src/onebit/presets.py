@@ -11,7 +11,8 @@ from typing import Any, NamedTuple
 
 from onebit.errors import ConfigError
 from onebit.models import default_temperature
-from onebit.train.config import DATASET_CLASSES, TrainConfig
+from onebit.data.datasets import DATASET_CLASSES
+from onebit.train.config import TrainConfig
 
 PUBLISHED_ACCURACY = {  # McDonnell et al. 2019, Table 1 (WRN-20-10, cutout), accuracy %
     ("cifar10", "bn", 32): 96.62, ("cifar10", "bn", 1): 96.25,

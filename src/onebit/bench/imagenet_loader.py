@@ -5,12 +5,12 @@ DataLoader worker processes, as ``onebit train`` runs it. Both from the same run
 Decoding is ``torchvision.io.decode_image`` (libjpeg-turbo); the augmentation is the training transform
 of ``onebit.data.imagenet`` (random-resized crop to 224 + flip) on the decoded uint8 tensor.
 
-    python bench/imagenet_loader.py --folder /data/imagenet --workers 16     # real ImageNet (train/)
-    python bench/imagenet_loader.py --images 256 --workers 2                  # synthetic JPEGs
+    onebit bench imagenet-loader --folder /data/imagenet --workers 16     # real ImageNet (train/)
+    onebit bench imagenet-loader --images 256 --workers 2                  # synthetic JPEGs
 
 Without ``--folder`` it writes synthetic JPEGs of ImageNet's typical size (500 x 375, quality 90,
 smooth content plus noise, ~100 KB) to a temporary folder. A GPU training step consumes images at the
-rate ``bench/gpu_train.py`` reports; the loader must exceed it.
+rate ``onebit bench gpu-train`` reports; the loader must exceed it.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import encode_jpeg, write_file
 
 from onebit.data.imagenet import load_image_folder, read_image, train_transform
+from onebit.errors import ConfigError
 
 
 def write_synthetic_folder(root: Path, images: int, classes: int = 8, size: tuple[int, int] = (375, 500)) -> None:
@@ -77,14 +78,19 @@ def rate(paths: list[str], workers: int, transform, passes: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--folder", default=None, help="ImageFolder root holding train/ (default: synthetic)")
     ap.add_argument("--images", type=int, default=512, help="images to read (synthetic: to write)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader worker processes")
     ap.add_argument("--crop", type=int, default=224, help="training crop size")
     ap.add_argument("--passes", type=int, default=2, help="passes over the images per measurement")
-    args = ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not (1 <= args.images <= 10_000_000 and 1 <= args.workers <= 256 and 1 <= args.passes <= 1000
+            and 16 <= args.crop <= 4096):
+        raise ConfigError("need 1 <= --images <= 10000000, 1 <= --workers <= 256, 1 <= --passes <= 1000, "
+                          "16 <= --crop <= 4096")
     torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,7 +110,4 @@ def main(argv: list[str] | None = None) -> None:
             sub = rate(paths, args.workers, transform, args.passes)
             print(f"{what:<28} main process {base:8.1f} img/s   {args.workers} workers {sub:8.1f} img/s   "
                   f"ratio {sub / base:.2f}x ({sub / args.workers:.1f} img/s per worker)")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,4 +1,4 @@
-"""Inference benchmark behind ``onebit bench``: the onebit C runtime against the usual ways to run a net.
+"""Inference: the onebit C runtime against the usual ways to run a net (batch-1 latency, throughput, memory).
 
 For each model (default WRN-14-4 and WRN-20-10, BN-free, 1-bit) and on this machine, in one run:
 
@@ -13,21 +13,25 @@ after ``runs // 10 + 2`` warm-up calls), batch throughput (median of ``batch_run
 images), and peak memory = the process's peak resident set (Linux ``VmHWM``: ``ru_maxrss`` of a child
 started from Python also counts the parent's pages from before ``exec``). Next to each: MACs, weight
 bytes and achieved GFLOP/s (2 x MACs / latency), and the machine's fp32 matmul rate measured in the same
-run with the same thread count.
+run with the same thread count. Prints a table and writes OUT/inference.json and OUT/inference.png
+(latency vs memory).
+
+    onebit bench inference                                  # WRN-14-4 and WRN-20-10, 1 thread
+    onebit bench inference wrn-8-1 --runs 10 --batch-runs 2 # quick smoke run
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import platform
 import re
-import shutil
+import shlex
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,11 +39,13 @@ import numpy as np
 import torch
 
 from onebit.errors import ConfigError, DataError, OnebitError
+from onebit.export.c_build import host_compiler, run_make
 from onebit.export.c_program import lower
 from onebit.bench.machine import matmul_gflops
+from onebit.bench.models import resolve_model
 from onebit.export.c_contract import EXPORT_INFO
 from onebit.export.fixed_point import MAX_CALIBRATION
-from onebit.models import WRNConfig, build_model, parse_wrn_name
+from onebit.models import WRNConfig, build_model
 
 SUBJECTS = ("torch-bn-fp32", "torch-1bit", "onnxruntime", "c-float", "c-int")
 DEFAULT_MODELS = ("wrn-14-4", "wrn-20-10")
@@ -57,22 +63,6 @@ class BenchConfig:
     calibrate: int = 256
     out_dir: Path = Path("bench-results")
     seed: int = 0
-
-
-def resolve_model(spec: str, seed: int = 0):
-    """``wrn-D-K`` (random BN-free 1-bit weights) or a model file; returns (model, label)."""
-    size = parse_wrn_name(spec)
-    if size and not Path(spec).exists():
-        torch.manual_seed(seed)
-        try:
-            cfg = WRNConfig(depth=size[0], width=size[1])
-        except ValueError as exc:
-            raise ConfigError(f"{spec}: {exc}") from None
-        return build_model(cfg).eval(), spec.lower()
-    from onebit.loading import load_model_file
-
-    model, _ = load_model_file(spec)
-    return model.eval(), f"{Path(spec).name} ({model.config.name})"
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -95,20 +85,14 @@ def _python_subject(cmd: list[str], what: str, threads: int) -> dict:
 
 
 def _build_c(src: Path, threads: int) -> tuple[Path, str]:
-    """The demo, statically linked when the C library allows it (smallest resident memory)."""
-    cc = shutil.which(os.environ.get("CC", "cc"))
-    if cc is None:
-        raise OnebitError("no C compiler found for the C runtime subjects (set CC)")
-    flags = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off", "-march=native"]
-    if threads > 1:
-        flags += [f"-DONEBIT_THREADS={threads}", "-pthread"]
-    exe = src / "onebit_demo"
-    for link in (["-static"], []):
-        res = subprocess.run([cc, *flags, *link, "-o", str(exe), str(src / "onebit_demo.c"),
-                              str(src / "onebit.c"), "-lm"], capture_output=True, text=True)
+    """The demo (its Makefile's host build: -march=native, -Werror), statically linked when the C library
+    allows it (smallest resident memory)."""
+    host_compiler()                                   # one line naming $CC when there is no compiler
+    for goal, link in (("static", "static"), ("onebit_demo", "dynamic")):
+        res = run_make(src, goal, check=False, THREADS=threads)
         if res.returncode == 0:
-            return exe, "static" if link else "dynamic"
-    raise OnebitError(f"building the C runtime failed: {res.stderr.strip().splitlines()[-1:]}")
+            return src / "onebit_demo", link
+    raise OnebitError(f"building the C runtime failed: {(res.stderr or res.stdout).strip().splitlines()[-1:]}")
 
 
 def _c_subject(exe: Path, images: Path, cfg: BenchConfig, mode: str) -> dict:
@@ -349,3 +333,31 @@ def run_benchmark(cfg: BenchConfig, log=print, command: str = "") -> dict:
     (cfg.out_dir / "inference.json").write_text(json.dumps(report, indent=1))
     plot(report, cfg.out_dir / "inference.png")
     return report
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("models", nargs="*", metavar="MODEL",
+                   help="wrn-D-K (random BN-free 1-bit weights) or a model file (default: wrn-14-4 wrn-20-10; "
+                        "WRN-14-4 has the 2 blocks per stage that the WRN-16-4 of the usual 6n+4 naming has)")
+    p.add_argument("--subjects", default=",".join(SUBJECTS), help="comma-separated subset of the subjects")
+    p.add_argument("--runs", type=int, default=50, help="timed batch-1 calls per subject (after warm-up)")
+    p.add_argument("--batch", type=int, default=32, help="batch size of the throughput measurement (<= 64)")
+    p.add_argument("--batch-runs", type=int, default=5, help="timed batch calls per subject")
+    p.add_argument("--threads", type=int, default=1, help="threads for every subject")
+    p.add_argument("--calibrate", type=int, default=256,
+                   help="CIFAR-10 training images that calibrate the integer mode")
+    p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (default: $ONEBIT_DATA or cache); "
+                                                    "random images if absent")
+    p.add_argument("-o", "--out", default="bench-results", help="folder for inference.json and inference.png")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = BenchConfig(models=args.models or list(DEFAULT_MODELS),
+                      subjects=[s.strip() for s in args.subjects.split(",") if s.strip()],
+                      runs=args.runs, batch=args.batch, batch_runs=args.batch_runs, threads=args.threads,
+                      data_dir=args.data_dir, calibrate=args.calibrate, out_dir=Path(args.out))
+    report = run_benchmark(cfg, command="onebit " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    print()
+    print(format_table(report))
+    print(f"\nwrote {cfg.out_dir / 'inference.json'} and {cfg.out_dir / 'inference.png'}")
+    return 0

@@ -11,8 +11,8 @@ The model and step are built as ``onebit train`` builds them on a CPU (``prepare
 channels_last by default, ``--no-channels-last`` for NCHW; bf16 = ``amp`` on).
 Achieved GFLOP/s = 3 x forward conv FLOPs per image x images/s (forward + 2 x backward).
 
-    python bench/train_throughput.py --models wrn-8-1,wrn-8-2,wrn-14-4 --steps 6      # the docs' table
-    python bench/train_throughput.py --models wrn-8-1 --steps 2 --formats fp32        # quick smoke run
+    onebit bench train --models wrn-8-1,wrn-8-2,wrn-14-4 --steps 6      # the docs' table
+    onebit bench train --models wrn-8-1 --steps 2 --formats fp32        # quick smoke run
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import time
 import torch
 
 from onebit.bench.machine import matmul_gflops
+from onebit.bench.models import model_sizes
 from onebit.data.augment import Augmentation
 from onebit.data.batches import epoch_batches
 from onebit.errors import ConfigError
 from onebit.models import WRNConfig, build_model
-from onebit.models.config import parse_wrn_name
 from onebit.models.summary import summarize
 from onebit.train.config import TrainConfig
 from onebit.train.optimizer import make_optimizer
@@ -48,21 +48,6 @@ def time_steps(step, n: int, warmup: int = 2) -> float:
     return (time.perf_counter() - start) / n
 
 
-def parse_models(text: str) -> list[tuple[int, int]]:
-    """``wrn-8-1,wrn-14-4`` -> [(8, 1), (14, 4)]; a bad name is a ConfigError naming it."""
-    sizes = []
-    for name in text.split(","):
-        size = parse_wrn_name(name.strip())
-        if size is None:
-            raise ConfigError(f"--models: {name!r} is not a model name like wrn-8-1 (wrn-DEPTH-WIDTH)")
-        try:
-            WRNConfig(depth=size[0], width=size[1])
-        except ValueError as exc:
-            raise ConfigError(f"--models: {name.strip()}: {exc}") from None
-        sizes.append(size)
-    return sizes
-
-
 def parse_formats(text: str) -> list[str]:
     names = [f.strip() for f in text.split(",") if f.strip()]
     bad = [f for f in names if f not in FORMATS]
@@ -71,13 +56,13 @@ def parse_formats(text: str) -> list[str]:
     return names
 
 
-def measure_model(depth: int, width: int, args: argparse.Namespace, formats: list[str],
+def measure_model(depth: int, width: int, norm: str, args: argparse.Namespace, formats: list[str],
                   images: torch.Tensor, labels: torch.Tensor) -> dict:
     torch.manual_seed(0)
-    cfg = WRNConfig(depth=depth, width=width, norm=args.norm, weight_bits=args.weight_bits)
+    cfg = WRNConfig(depth=depth, width=width, norm=norm, weight_bits=args.weight_bits)
     cpu = torch.device("cpu")
     model, module = prepare_model(build_model(cfg), cpu, args.channels_last)
-    optimizer = make_optimizer(model, TrainConfig(depth=depth, width=width, norm=args.norm,
+    optimizer = make_optimizer(model, TrainConfig(depth=depth, width=width, norm=norm,
                                                   weight_bits=args.weight_bits))
     steps = {f: TrainStep(module, optimizer, cpu, amp=FORMATS[f], channels_last=args.channels_last)
              for f in formats}
@@ -120,12 +105,12 @@ def measure_model(depth: int, width: int, args: argparse.Namespace, formats: lis
     return row
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--models", default="wrn-14-4",
-                    help="comma-separated wrn-DEPTH-WIDTH names (default: wrn-14-4, Zagoruyko's WRN-16-4)")
+                    help="comma-separated model names, wrn-DEPTH-WIDTH (default: wrn-14-4, Zagoruyko's WRN-16-4)")
     ap.add_argument("--formats", default="fp32,bf16", help="fp32, bf16 or both (default: fp32,bf16)")
-    ap.add_argument("--norm", default="none", choices=("none", "bn"))
+    ap.add_argument("--norm", default="none", choices=("none", "bn"),
+                    help="design of every model (a wrn-D-K-bn name is the BN design in any case)")
     ap.add_argument("--weight-bits", type=int, default=1, choices=(1, 32))
     ap.add_argument("--batch-size", type=int, default=125)
     ap.add_argument("--steps", type=int, default=6, help="timed steps per measurement (default: 6)")
@@ -134,15 +119,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                     help="memory format, as onebit train's option (default: on)")
     ap.add_argument("--json", default=None, help="also write the results here")
-    args = ap.parse_args(argv)
-    try:
-        sizes, formats = parse_models(args.models), parse_formats(args.formats)
-        if not (1 <= args.batch_size <= 50_000 and 1 <= args.steps <= 10_000 and 1 <= args.repeats <= 100
-                and 0 <= args.threads <= 1024):
-            raise ConfigError("need 1 <= --batch-size <= 50000, 1 <= --steps <= 10000, 1 <= --repeats <= 100, "
-                              "0 <= --threads <= 1024")
-    except ConfigError as exc:
-        ap.exit(2, f"train_throughput: error: {exc}\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    sizes = [(d, w, "bn" if norm == "bn" else args.norm) for d, w, norm in model_sizes(args.models)]
+    formats = parse_formats(args.formats)
+    if not (1 <= args.batch_size <= 50_000 and 1 <= args.steps <= 10_000 and 1 <= args.repeats <= 100
+            and 0 <= args.threads <= 1024):
+        raise ConfigError("need 1 <= --batch-size <= 50000, 1 <= --steps <= 10000, 1 <= --repeats <= 100, "
+                          "0 <= --threads <= 1024")
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     threads = torch.get_num_threads()
@@ -152,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     labels = torch.randint(0, 10, (50_000,))
     matmul = {f: [matmul_gflops(threads, dtype=torch.bfloat16 if FORMATS[f] else torch.float32)]
               for f in formats}
-    rows = [measure_model(d, w, args, formats, images, labels) for d, w in sizes]
+    rows = [measure_model(d, w, norm, args, formats, images, labels) for d, w, norm in sizes]
     for f in formats:                                     # the baselines again, after: drift shows up here
         matmul[f].append(matmul_gflops(threads, dtype=torch.bfloat16 if FORMATS[f] else torch.float32))
     results = {"batch_size": args.batch_size, "threads": threads, "channels_last": args.channels_last,
@@ -182,7 +167,4 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
-
-
-if __name__ == "__main__":
-    main()
+    return 0

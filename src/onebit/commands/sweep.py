@@ -58,7 +58,7 @@ def _stop(signum: int, frame: object) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from onebit.experiments.runner import execute
+    from onebit.experiments.runner import LocalBackend, execute
     from onebit.experiments.store import ResultsStore
     from onebit.experiments.sweep import load_sweep
 
@@ -88,11 +88,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"sweep {sweep.name}: {len(planned)} runs, {sum(r.config_hash in stored for r in planned)} already "
           f"stored; store {store_path}; run folders {sweep.runs_dir}")
     if args.ray is not None:
-        from onebit.experiments.ray_sweep import execute_on_ray
-        outcome = execute_on_ray(planned, store_path, sweep.name, address=args.ray or None,
-                                 threads=args.ray_threads, progress=not args.no_progress)
+        from onebit.experiments.ray_sweep import RayBackend
+        backend = RayBackend(address=args.ray or None, threads=args.ray_threads)
     else:
-        outcome = execute(planned, store_path, sweep.name, jobs=jobs, gpus=gpus, progress=not args.no_progress)
+        backend = LocalBackend(jobs=jobs, gpus=gpus)
+    outcome = execute(planned, store_path, sweep.name, backend, progress=not args.no_progress)
     print(f"done {len(outcome.done)}, already stored {len(outcome.skipped)}, busy elsewhere "
           f"{len(outcome.busy)}, failed {len(outcome.failed)}")
     return 1 if outcome.failed else 0

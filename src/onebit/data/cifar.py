@@ -15,35 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from onebit.data.datasets import DATASETS
 from onebit.data.download import download_and_extract
 from onebit.data.safe_pickle import safe_load
 from onebit.errors import DataError
-
-DATASETS = {
-    "cifar10": {
-        "folder": "cifar-10-batches-py",
-        "train": [f"data_batch_{i}" for i in range(1, 6)],
-        "test": ["test_batch"],
-        "meta": "batches.meta",
-        "names_key": "label_names",
-        "label_key": "labels",
-        "num_classes": 10,
-        "url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-        "md5": "c58f30108f718f92721af3b95e74349a",
-    },
-    "cifar100": {
-        "folder": "cifar-100-python",
-        "train": ["train"],
-        "test": ["test"],
-        "meta": "meta",
-        "names_key": "fine_label_names",
-        "label_key": "fine_labels",
-        "num_classes": 100,
-        "url": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-        "md5": "eb9058c3a382ffc7106e4002c42a8d85",
-    },
-}
-
 
 @dataclass
 class CifarSplit:

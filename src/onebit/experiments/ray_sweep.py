@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import time
 import uuid
 from contextlib import contextmanager
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from onebit.errors import ConfigError, OnebitError
-from onebit.experiments.runner import (Outcome, git_commit, make_record, pending_first, run_lock,
+from onebit.experiments.runner import (Outcome, RunResult, Status, make_record, run_lock, settle,
                                        train_or_resume)
 from onebit.experiments.store import ResultsStore, RunRecord
 from onebit.experiments.sweep import PlannedRun
@@ -55,9 +54,9 @@ def import_ray() -> Any:
 
 @dataclass
 class PointResult:
-    """What a task sends back: ``done`` with the run's record, or ``busy`` (another live process holds it)."""
+    """What a task sends back: DONE with the run's record, or BUSY (another live process holds it)."""
 
-    status: str
+    status: Status
     host: str
     attempt: int
     resumed_from: int | None = None       # the checkpoint's epoch when the task resumed a run
@@ -113,12 +112,12 @@ def train_point(config: dict[str, Any], run_dir: str, sweep: str | None, preset:
     folder.mkdir(parents=True, exist_ok=True)
     with waiting_run_lock(folder, lock_wait_s) as mine:
         if not mine:
-            return PointResult("busy", platform.node(), 0)
+            return PointResult(Status.BUSY, platform.node(), 0)
         attempt = write_worker_file(folder, session)
         resumed_from = checkpoint_epoch(folder)
         train_or_resume(cfg, folder, progress=False)
         record = make_record(folder, sweep, preset, cfg.device)
-    return PointResult("done", platform.node(), attempt, resumed_from, record)
+    return PointResult(Status.DONE, platform.node(), attempt, resumed_from, record)
 
 
 # ----- the driver -----
@@ -165,66 +164,62 @@ def connect(ray: Any, address: str | None) -> None:
         raise OnebitError(f"cannot reach a Ray cluster at {address or 'a new local cluster'}: {exc}") from None
 
 
-def execute_on_ray(runs: list[PlannedRun], store_path: Path, sweep: str | None = None,
-                   address: str | None = None, threads: int = 1, progress: bool = True,
-                   max_retries: int = MAX_RETRIES, lock_wait_s: float = LOCK_WAIT_S) -> Outcome:
-    """Run every planned run not yet in the store as a Ray task; record each returned run in the store."""
-    if threads < 1:
-        raise ConfigError("--ray-threads must be >= 1")
-    ray = import_ray()
-    outcome = Outcome()
-    git_commit()
-    with ResultsStore(store_path) as store:
-        stored = store.hashes()
-    todo = [r for r in runs if r.config_hash not in stored]
-    outcome.skipped = [r.config_hash for r in runs if r.config_hash in stored]
-    if not todo:
-        return outcome
-    connect(ray, address)
-    try:
-        gpus = ray.cluster_resources().get("GPU", 0)
-        session = uuid.uuid4().hex
-        task = ray.remote(train_point)
-        pending: dict[Any, PlannedRun] = {}
-        for run in pending_first(todo):                   # resumable runs first
-            cfg, resources = task_resources(run.config, gpus, threads)
-            ref = task.options(max_retries=max_retries, retry_exceptions=False, **resources).remote(
-                cfg.to_dict(), str(run.run_dir), sweep, run.preset, session, lock_wait_s)
-            pending[ref] = run
-        with LiveProgress(len(todo), session, progress) as live:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-                for ref in ready:
-                    run = pending.pop(ref)
-                    _settle(ray, ref, run, store_path, outcome, live)
-                live.refresh(list(pending.values()))
-    finally:
-        ray.shutdown()
-    return outcome
+@dataclass(frozen=True)
+class RayBackend:
+    """A Ray cluster (``address``: host:port of ``ray start --head``; None: a new local cluster): each run a
+    task with ``threads`` CPUs (or one GPU), retried ``max_retries`` times when its worker or node dies."""
+
+    address: str | None = None
+    threads: int = 1
+    max_retries: int = MAX_RETRIES
+    lock_wait_s: float = LOCK_WAIT_S
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise ConfigError("--ray-threads must be >= 1")
+
+    def run(self, todo: list[PlannedRun], store_path: Path, sweep: str | None, outcome: Outcome,
+            progress: bool) -> None:
+        ray = import_ray()
+        connect(ray, self.address)
+        try:
+            gpus = ray.cluster_resources().get("GPU", 0)
+            session = uuid.uuid4().hex
+            task = ray.remote(train_point)
+            pending: dict[Any, PlannedRun] = {}
+            for run in todo:
+                cfg, resources = task_resources(run.config, gpus, self.threads)
+                ref = task.options(max_retries=self.max_retries, retry_exceptions=False, **resources).remote(
+                    cfg.to_dict(), str(run.run_dir), sweep, run.preset, session, self.lock_wait_s)
+                pending[ref] = run
+            with LiveProgress(len(todo), session, progress) as live:
+                while pending:
+                    ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+                    for ref in ready:
+                        run = pending.pop(ref)
+                        live.finished(run)
+                        settle(outcome, run, *_result(ray, ref, store_path))
+                    live.refresh(list(pending.values()))
+        finally:
+            ray.shutdown()
 
 
-def _settle(ray: Any, ref: Any, run: PlannedRun, store_path: Path, outcome: Outcome, live: "LiveProgress") -> None:
+def _result(ray: Any, ref: Any, store_path: Path) -> tuple[RunResult, str]:
+    """A finished task's status (its run recorded in the store when it trained it) and the detail shown."""
     try:
         result: PointResult = ray.get(ref)
     except ray.exceptions.RayTaskError as exc:          # the run itself raised (bad data, bad config ...)
         cause = exc.cause if isinstance(exc.cause, BaseException) else exc
-        outcome.failed[run.config_hash] = f"{type(cause).__name__}: {cause}".splitlines()[0][:300]
+        return RunResult(Status.FAILED, f"{type(cause).__name__}: {cause}".splitlines()[0][:300]), ""
     except ray.exceptions.RayError as exc:              # worker / node lost more than max_retries times
-        outcome.failed[run.config_hash] = f"{type(exc).__name__} (retries used up; rerun to resume)"
-    else:
-        if result.status == "busy":
-            outcome.busy.append(run.config_hash)
-            live.finished(run, "busy", f"(another process holds {run.run_dir})")
-            return
-        with ResultsStore(store_path) as store:
-            inserted = store.record(result.record)
-        (outcome.done if inserted else outcome.skipped).append(run.config_hash)
-        how = f"attempt {result.attempt}" + (f", resumed at epoch {result.resumed_from}"
-                                              if result.resumed_from is not None else "")
-        live.finished(run, "done" if inserted else "already stored", f"on {result.host} ({how})")
-        return
-    live.finished(run, "failed")
-    print(f"run {run.label} failed: {outcome.failed[run.config_hash]}", file=sys.stderr)
+        return RunResult(Status.FAILED, f"{type(exc).__name__} (retries used up; rerun to resume)"), ""
+    if result.status is Status.BUSY:
+        return RunResult(Status.BUSY), "(another process holds its run folder)"
+    with ResultsStore(store_path) as store:
+        inserted = store.record(result.record)
+    how = f"attempt {result.attempt}" + (f", resumed at epoch {result.resumed_from}"
+                                          if result.resumed_from is not None else "")
+    return RunResult(Status.DONE if inserted else Status.SKIPPED), f"on {result.host} ({how})"
 
 
 class LiveProgress:
@@ -279,12 +274,12 @@ class LiveProgress:
                 continue
             line.refresh()
 
-    def finished(self, run: PlannedRun, status: str, detail: str = "") -> None:
+    def finished(self, run: PlannedRun) -> None:
+        """Close ``run``'s live line and count it on the overall bar (its status line is ``runner.settle``'s)."""
         line = self.lines.pop(run.config_hash, None)
         self.slots.pop(run.config_hash, None)
         if line is not None:
             line.close()
-        self.write(f"{status}: {run.label} {detail}".rstrip())
         self.bar.update()
 
     def write(self, text: str) -> None:

@@ -1,4 +1,5 @@
-"""Executing a sweep's runs: one after another in this process, or N at once as worker processes.
+"""Executing a sweep's runs (``execute``) on a backend: here one after another in this process or N at once
+as worker processes (``LocalBackend``), or on a Ray cluster (``ray_sweep.RayBackend``); one status vocabulary.
 
 Each run lives in its own folder (named by its config hash). A run is taken only by the process that
 holds the folder's lock (``onebit.rundir.RunDir.lock``, the same lock ``onebit train`` holds: an OS file
@@ -26,13 +27,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 from onebit.errors import OnebitError
 from onebit.rundir import RunDir
 from onebit.experiments.store import ResultsStore, RunRecord
 from onebit.experiments.sweep import PlannedRun
 from onebit.train.config import TrainConfig
+from onebit.train.threads import usable_cpus
 
 BUSY_EXIT = 75                        # worker exit codes: another process holds the run,
 SKIPPED_EXIT = 76                     # the run was already in the store
@@ -174,11 +176,18 @@ def pending_first(runs: list[PlannedRun]) -> list[PlannedRun]:
     return sorted(runs, key=lambda r: not RunDir(r.run_dir).has_checkpoint())
 
 
-def execute(runs: list[PlannedRun], store_path: Path, sweep: str | None = None, jobs: int = 1,
-            gpus: list[str] | None = None, progress: bool = True) -> Outcome:
-    """Run every planned run not yet in the store: in this process (jobs=1, no gpus) or as workers."""
-    from tqdm.auto import tqdm
+class Backend(Protocol):
+    """Where a sweep's runs train (``LocalBackend``, ``ray_sweep.RayBackend``): ``run`` trains the runs
+    not yet in the store, records them, and settles each into ``outcome`` with a :class:`Status`."""
 
+    def run(self, todo: list[PlannedRun], store_path: Path, sweep: str | None, outcome: Outcome,
+            progress: bool) -> None: ...
+
+
+def execute(runs: list[PlannedRun], store_path: Path, sweep: str | None = None, backend: Backend | None = None,
+            progress: bool = True) -> Outcome:
+    """Run every planned run not yet in the store on ``backend`` (default: this process, one at a time),
+    resumable runs first; the outcome lists each run once by its :class:`Status`."""
     outcome = Outcome()
     git_commit()                                    # the commit of the code this process runs
     with ResultsStore(store_path) as store:
@@ -186,19 +195,34 @@ def execute(runs: list[PlannedRun], store_path: Path, sweep: str | None = None, 
     todo = []
     for run in runs:
         (outcome.skipped.append(run.config_hash) if run.config_hash in stored else todo.append(run))
-    todo = pending_first(todo)
-    bar = tqdm(total=len(todo), desc="sweep", unit="run", disable=not progress, dynamic_ncols=True)
-    try:
-        if jobs <= 1 and not gpus:
-            for run in todo:
-                bar.set_postfix_str(run.label)
-                _settle(outcome, run, _in_process(run, store_path, sweep, progress))
-                bar.update()
-        else:
-            _with_workers(todo, store_path, sweep, max(jobs, 1), gpus, outcome, bar)
-    finally:
-        bar.close()
+    if todo:
+        (backend or LocalBackend()).run(pending_first(todo), store_path, sweep, outcome, progress)
     return outcome
+
+
+@dataclass(frozen=True)
+class LocalBackend:
+    """This machine: one run after another in this process (``jobs`` 1, no GPUs), or ``jobs`` worker
+    processes at once (slot i on GPU ``gpus[i % len(gpus)]`` when GPUs are given)."""
+
+    jobs: int = 1
+    gpus: list[str] | None = None
+
+    def run(self, todo: list[PlannedRun], store_path: Path, sweep: str | None, outcome: Outcome,
+            progress: bool) -> None:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="sweep", unit="run", disable=not progress, dynamic_ncols=True)
+        try:
+            if self.jobs <= 1 and not self.gpus:
+                for run in todo:
+                    bar.set_postfix_str(run.label)
+                    settle(outcome, run, _in_process(run, store_path, sweep, progress))
+                    bar.update()
+            else:
+                _with_workers(todo, store_path, sweep, max(self.jobs, 1), self.gpus, outcome, bar)
+        finally:
+            bar.close()
 
 
 def _in_process(run: PlannedRun, store_path: Path, sweep: str | None, progress: bool) -> RunResult:
@@ -208,10 +232,11 @@ def _in_process(run: PlannedRun, store_path: Path, sweep: str | None, progress: 
         return RunResult(Status.FAILED, str(exc))
 
 
-def _settle(outcome: Outcome, run: PlannedRun, result: RunResult) -> None:
+def settle(outcome: Outcome, run: PlannedRun, result: RunResult, detail: str = "") -> None:
+    """Count ``run`` in ``outcome`` under its status and print one line (``HH:MM:SS status: run detail``)."""
     from tqdm.auto import tqdm
 
-    tqdm.write(f"{time.strftime('%H:%M:%S')} {result.status}: {run.label}")
+    tqdm.write(f"{time.strftime('%H:%M:%S')} {result.status}: {run.label} {detail}".rstrip())
     if result.status is Status.DONE:
         outcome.done.append(run.config_hash)
     elif result.status is Status.SKIPPED:
@@ -228,7 +253,7 @@ def _with_workers(todo: list[PlannedRun], store_path: Path, sweep: str | None, j
     """Keep ``jobs`` worker processes busy; slot i uses GPU gpus[i % len(gpus)] when gpus are given."""
     queue = list(todo)
     active: dict[int, tuple[subprocess.Popen, PlannedRun, Any]] = {}
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, len(usable_cpus()) // jobs)
     try:
         while queue or active:
             for slot in range(jobs):
@@ -255,7 +280,7 @@ def _with_workers(todo: list[PlannedRun], store_path: Path, sweep: str | None, j
                 del active[slot]
                 result = (RunResult(WORKER_EXITS[code]) if code in WORKER_EXITS else RunResult(
                     Status.FAILED, f"worker exited with code {code}; see {RunDir(run.run_dir).log}"))
-                _settle(outcome, run, result)
+                settle(outcome, run, result)
                 bar.update()
     finally:
         for proc, _, log in active.values():     # interrupted: stop workers; their checkpoints remain

@@ -25,12 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from onebit.errors import ConfigError, OnebitError
+from onebit.export.c_build import run_make
+from onebit.export.targets import BARE_METAL_ARM_PACKAGES
 
 SIZE_TOOL = "arm-none-eabi-size"
 NM_TOOL = "arm-none-eabi-nm"
 QEMU = "qemu-system-arm"
 TOOLS = ("arm-none-eabi-gcc", SIZE_TOOL, NM_TOOL, QEMU)
-PACKAGES = "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm"
+PACKAGES = " ".join(BARE_METAL_ARM_PACKAGES)
 STACK_BYTES = 8192
 MODES = ("int", "float")
 _UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 2**20, "MB": 2**20, "MIB": 2**20}
@@ -54,15 +56,6 @@ def parse_bytes(text: str) -> int:
     return int(m.group(1)) * _UNITS[m.group(2).upper()]
 
 
-def _make(out_dir: Path, *args: str, timeout: float = 300) -> str:
-    proc = subprocess.run(["make", "--no-print-directory", "-C", str(out_dir), *args], capture_output=True,
-                          text=True, timeout=timeout)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["make failed"]
-        raise OnebitError(f"firmware build failed in {out_dir}: {tail[0]}")
-    return proc.stdout
-
-
 def build_firmware(out_dir: Path, mode: str = "int", *, stack: int = STACK_BYTES, flags: str = "",
                    measure_only: bool = False, name: str | None = None) -> Path:
     """``make firmware MODE=mode`` in an exported Cortex-M folder; returns the ELF.
@@ -81,7 +74,7 @@ def build_firmware(out_dir: Path, mode: str = "int", *, stack: int = STACK_BYTES
     ld = "-Wl,--defsym=OB_FLASH_BYTES=256M -Wl,--defsym=OB_RAM_BYTES=256M" if measure_only else ""
     elf = out_dir / f"firmware-{mode}.elf"
     elf.unlink(missing_ok=True)
-    _make(out_dir, "firmware", f"MODE={mode}", f"STACK={stack}", f"FW_FLAGS={flags}", f"FW_LDFLAGS={ld}")
+    run_make(out_dir, "firmware", timeout=300, MODE=mode, STACK=stack, FW_FLAGS=flags, FW_LDFLAGS=ld)
     if name:
         target = out_dir / name
         shutil.copyfile(elf, target)

@@ -16,9 +16,18 @@ HEAD_POOLS = ("mean", "sum")      # "sum": the MatConvNet reference models' head
 
 
 def parse_wrn_name(name: str) -> tuple[int, int] | None:
-    """(depth d, width k) of a ``wrn-d-k`` name (any case), or None when ``name`` is not one."""
-    match = re.fullmatch(r"wrn-(\d+)-(\d+)", name.strip().lower())
-    return (int(match.group(1)), int(match.group(2))) if match else None
+    """(depth d, width k) of a ``wrn-d-k`` name (any case, no design suffix), or None when ``name`` is not one."""
+    parsed = parse_model_name(name)
+    return parsed[:2] if parsed and name.strip().count("-") == 2 else None
+
+
+def parse_model_name(name: str) -> tuple[int, int, str] | None:
+    """(depth d, width k, norm) of ``wrn-d-k`` (BN-free), ``wrn-d-k-srelu`` (the same) or ``wrn-d-k-bn`` (BN
+    design), any case; None when ``name`` is not one. The one grammar of model names on the command line."""
+    match = re.fullmatch(r"wrn-(\d+)-(\d+)(-bn|-srelu)?", name.strip().lower())
+    if not match:
+        return None
+    return int(match.group(1)), int(match.group(2)), "bn" if match.group(3) == "-bn" else "none"
 
 
 def infer_dataset(config: "WRNConfig") -> str:

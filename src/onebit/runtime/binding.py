@@ -1,11 +1,12 @@
 """ctypes binding to the onebit C runtime: compile the exported sources with the system compiler, cache
 the shared library, and run it on numpy / torch images.
 
-The library is built from exactly the sources ``onebit export --format c`` writes (same kernels, same
-arithmetic as the command-line demo) with ``cc -std=c99 -O2 -Wall -Wextra -Werror -ffp-contract=off
--fPIC -shared`` plus ``-march=native`` (falling back to the portable kernels if the compiler rejects it)
-and pthreads. Libraries are cached under ``$ONEBIT_CACHE_DIR`` (default ``~/.cache/onebit``)/c_runtime,
-keyed by a hash of the sources, the flags, the compiler and the CPU, and written atomically.
+The library is built from exactly the folder ``onebit export --format c`` writes (same kernels, same
+arithmetic as the command-line demo), by its own Makefile: ``make shared`` with ``-Werror``, the SIMD
+variant ``-march=native`` (falling back to the portable kernels if the compiler rejects it) and pthreads
+(``onebit.export.c_build``). Libraries are cached under ``$ONEBIT_CACHE_DIR`` (default
+``~/.cache/onebit``)/c_runtime, keyed by a hash of the sources, the Makefile, the variant, the compiler and
+the CPU, and written atomically.
 
 A compiled library knows the fingerprint of the model it was generated from
 (:func:`onebit.export.c_program.model_fingerprint`); :meth:`CRuntime.check` refuses any other model.
@@ -19,7 +20,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -30,32 +30,15 @@ import torch
 from onebit.cache import cache_dir
 from onebit.errors import ConfigError, OnebitError, RuntimeMismatchError
 from onebit.export import c_contract
+from onebit.export.c_build import compiler_id, host_compiler, run_make, simd_flags
 from onebit.export.c_program import model_fingerprint
 from onebit.export.c_runtime import STATIC_FILES, TEMPLATES, export_c, read_export_info
 
 MODES = c_contract.MODES
 FLOAT, INT = MODES["float"], MODES["int"]
-BASE_FLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off", "-fPIC", "-shared"]
-
 
 def cache_root() -> Path:
     return cache_dir("c_runtime")
-
-
-def compiler() -> str:
-    cc = os.environ.get("CC", "cc")
-    path = shutil.which(cc)
-    if path is None:
-        raise OnebitError(f"no C compiler found ({cc!r} is not on PATH; set CC)")
-    return path
-
-
-def _compiler_id(cc: str) -> str:
-    try:
-        out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError):
-        out = ""
-    return out.splitlines()[0] if out else cc
 
 
 def _cpu_id() -> str:
@@ -74,49 +57,43 @@ def _digest(parts: list[bytes | str]) -> str:
     return h.hexdigest()[:24]
 
 
-def _compile(src: Path, lib: Path, cc: str, flags: list[str]) -> subprocess.CompletedProcess:
-    cmd = [cc, *BASE_FLAGS, *flags, "-o", str(lib), str(src / "onebit.c"), "-lm"]
-    return subprocess.run(cmd, capture_output=True, text=True)
-
-
 def compile_export(src: str | Path, *, simd: str = "native", threads: int | None = None,
                    cache_dir: str | Path | None = None) -> "CRuntime":
     """Compile (or reuse from the cache) the C export folder ``src`` into a shared library and load it.
 
-    ``simd``: 'native' (-march=native), 'avx2' (-mavx2 -mfma) or 'portable'.
+    ``simd``: a variant of ``onebit.export.c_build.SIMD_VARIANTS`` ('native', 'avx2', 'portable', 'none').
     ``threads``: the most threads the library accepts (default: this machine's CPU count).
     """
     src = Path(src)
     info = read_export_info(src)
-    simd_flags = {"native": ["-march=native"], "avx2": ["-mavx2", "-mfma"],
-                  "portable": ["-DONEBIT_PORTABLE"]}
-    if simd not in simd_flags:
-        raise ConfigError(f"simd must be one of {sorted(simd_flags)}, got {simd!r}")
+    simd_flags(simd)                                   # refuses an unknown variant
     threads = max(1, int(threads or os.cpu_count() or 1))
-    thread_flags = [f"-DONEBIT_THREADS={threads}", "-pthread"] if threads > 1 else []
-    cc = compiler()
-    sources = sorted(p for p in src.iterdir() if p.suffix in (".c", ".h"))
-    key = _digest([p.name.encode() + b"\0" + p.read_bytes() for p in sources] +
-                  [simd, *thread_flags, _compiler_id(cc), _cpu_id()])
+    cc = host_compiler()
+    build_files = sorted(p for p in src.iterdir() if p.suffix in (".c", ".h", ".mk") or p.name == "Makefile")
+    key = _digest([p.name.encode() + b"\0" + p.read_bytes() for p in build_files] +
+                  [simd, f"threads {threads}", compiler_id(cc), _cpu_id()])
     out = Path(cache_dir) / "c_runtime" if cache_dir else cache_root()
     lib_dir = out / f"{info['name']}-{key}"
     lib = lib_dir / "libonebit.so"
     if not lib.is_file():
         print(f"compiling the C runtime (first use, cached in {lib_dir}) ...", file=sys.stderr, flush=True)
         lib_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="libonebit.", suffix=".so.tmp", dir=lib_dir)
-        os.close(fd)
+        build = Path(tempfile.mkdtemp(prefix="build.", dir=lib_dir))
         try:
-            res = _compile(src, Path(tmp), cc, simd_flags[simd] + thread_flags)
-            if res.returncode != 0 and simd == "native":       # compiler without -march=native
-                res = _compile(src, Path(tmp), cc, simd_flags["portable"] + thread_flags)
+            for p in build_files:
+                shutil.copyfile(p, build / p.name)
+            for variant in ([simd, "portable"] if simd == "native" else [simd]):   # compiler without -march=native
+                res = run_make(build, "libonebit.so", check=False, CC=cc, ARCH="", SIMD=simd_flags(variant),
+                               THREADS=threads, WERROR="-Werror", BARE_METAL=0)
+                if res.returncode == 0:
+                    break
             if res.returncode != 0:
                 tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
                 raise OnebitError(f"compiling the C runtime failed: {' / '.join(tail)}")
             shutil.copyfile(src / c_contract.EXPORT_INFO, lib_dir / c_contract.EXPORT_INFO)
-            os.replace(tmp, lib)
+            os.replace(build / "libonebit.so", lib)
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            shutil.rmtree(build, ignore_errors=True)
     return CRuntime(lib_dir)
 
 

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from onebit.cache import file_sha256
+from onebit.data.datasets import DATASET_CLASSES
 from onebit.errors import ConfigError
 from onebit.models import WRNConfig
 from onebit.models.limits import MAX_DIM
 from onebit.train.schedules import SCHEDULES
 
-DATASET_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 ADDED_FIELDS = {"classes", "crop_size", "resize_size", "label_smoothing", "warmup_epochs", "ema_decay", "teacher",
                 "distill_weight", "distill_temperature"}  # hashed only when not
 # at their defaults

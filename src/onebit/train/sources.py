@@ -8,7 +8,6 @@ the whole split.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +20,7 @@ from onebit.data.cifar import CifarSplit
 from onebit.data.imagenet import (ImageFolderDataset, ImageFolderSplit, MultiCrop, eval_transform,
                                   train_transform)
 from onebit.errors import DataError
+from onebit.train.threads import usable_cpus
 
 Split = CifarSplit | ImageFolderSplit
 
@@ -37,8 +37,7 @@ def global_batches(n: int, batch_size: int, rank: int, world_size: int) -> list[
 
 def usable_workers(workers: int | None) -> int:
     """``workers`` capped at the CPUs this process may use (None: up to 8)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(8 if workers is None else workers, cpus)
+    return min(8 if workers is None else workers, len(usable_cpus()))
 
 
 def _loader(dataset, batches: list[list[int]], workers: int, device: torch.device) -> DataLoader:

@@ -3,7 +3,7 @@
 GPU path: bf16 autocast (on CPUs with native bf16 too; ``train/precision.py``), channels_last tensors, ``torch.compile`` of the model (on by default on CUDA),
 cuDNN autotuning, SGD with the fused CUDA kernel. On a CPU, channels_last (NHWC) is used too: oneDNN's
 convolutions run the training step of WRN-8-1 to WRN-8-2 1.15-1.28x faster in it than in NCHW (whole
-epochs ~1.1x; bench/cpu_channels_last.py, docs/performance.md). Each 1-bit layer computes
+epochs ~1.1x; onebit bench layout, docs/performance.md). Each 1-bit layer computes
 ``c * sign(w)`` once per forward, i.e. once per step. The step returns its loss and hit count as device
 tensors: nothing in it waits for the GPU.
 """

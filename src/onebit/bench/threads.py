@@ -5,8 +5,8 @@ measurement, as a user runs it) under each thread setting, first on an idle mach
 competing CPU-bound process (``python -c "while True: pass"``) started beside it. For each condition it
 prints the wall time of every setting, the best one as the baseline, and each setting's ratio to it.
 
-    python bench/thread_policy.py --data-dir ../shared/data/cifar10            # ~5 min on 2 cores
-    python bench/thread_policy.py --data-dir ... --limit 2000 --preset cifar10-tiny   # quick smoke run
+    onebit bench threads --data-dir ../shared/data/cifar10                      # ~5 min on 2 cores
+    onebit bench threads --data-dir ... --limit 2000 --preset cifar10-tiny      # quick smoke run
 
 Settings: 1 thread; all usable CPUs (the old default); all CPUs with OMP_WAIT_POLICY=PASSIVE (OpenMP
 workers sleep instead of spinning); onebit's default (``--num-threads`` unset: the usable CPUs minus
@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from onebit.errors import ConfigError, OnebitError
 from onebit.train.threads import default_threads, usable_cpus
 
 
@@ -50,7 +51,7 @@ def train_once(args: argparse.Namespace, options: list[str], env_extra: dict[str
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - start
         if proc.returncode != 0:
-            raise SystemExit(f"training failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+            raise OnebitError(f"training failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
         epoch = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
     return {"wall_s": wall, "images_per_s": epoch.get("images_per_s"), "epoch_s": epoch.get("epoch_time_s"),
             "default_would_choose": chosen}
@@ -73,13 +74,16 @@ def measure(args: argparse.Namespace, condition: str) -> dict[str, dict]:
             competitor.wait()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--data-dir", required=True, help="folder holding cifar-10-batches-py")
     ap.add_argument("--preset", default="cifar10-tiny", help="the preset to train (default: %(default)s)")
     ap.add_argument("--limit", type=int, default=15000, help="training images in the epoch (default: %(default)s)")
     ap.add_argument("--json", default=None, help="also write the results here")
-    args = ap.parse_args()
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 1 <= args.limit <= 1_000_000:
+        raise ConfigError(f"--limit {args.limit}: need 1..1000000 training images")
     args.cpus = len(usable_cpus())
     results = {}
     for condition in ("idle", "one busy process"):
@@ -93,7 +97,4 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"preset": args.preset, "limit": args.limit, "cpus": args.cpus,
                                                "results": results}, indent=2) + "\n")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -20,7 +20,7 @@ FW_HEADERS = $(HEADERS) cortex-m/ob_semihost.h cortex-m/boards/$(BOARD).ld corte
 firmware: firmware-$(MODE).elf
 
 firmware-$(MODE).elf: $(FW_SOURCES) $(FW_HEADERS)
-	$(CC) $(CFLAGS) $(ARCH) $(SIMD) $(FW_FLAGS) -ffunction-sections -fdata-sections -I. -Icortex-m \
+	$(CC) $(OB_CFLAGS) $(CFLAGS) $(ARCH) $(SIMD) $(FW_FLAGS) -ffunction-sections -fdata-sections -I. -Icortex-m \
 	    -DOB_FIRMWARE_MODE=$(FW_MODE_$(MODE)) -nostartfiles -Lcortex-m/boards -T cortex-m/boards/$(BOARD).ld \
 	    -Wl,--gc-sections -Wl,--defsym=OB_STACK_BYTES=$(STACK) $(FW_LDFLAGS) -Wl,-Map=firmware-$(MODE).map \
 	    -o $@ $(FW_SOURCES)

@@ -1,5 +1,5 @@
-"""The training benchmarks under bench/ run end to end on tiny settings and report consistent figures
-(their ratios are computed from the numbers they print; no timing is asserted)."""
+"""The benchmarks behind ``onebit bench`` run end to end on tiny settings and report consistent figures
+(their ratios are computed from the numbers they print; no timing is asserted); bad options get one line."""
 
 from __future__ import annotations
 
@@ -14,16 +14,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_bench(script: str, *args: str, timeout: int = 300) -> str:
+def bench(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``onebit bench ARGS`` in its own process, as a user runs it (benchmarks set the thread count)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "onebit", "bench", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=ROOT)
+
+
+def run_bench(*args: str, timeout: int = 300) -> str:
+    proc = bench(*args, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
 
 def test_cpu_channels_last_reports_both_layouts_and_their_ratio(tmp_path):
-    out = run_bench("cpu_channels_last.py", "--models", "8-1", "8-1-bn", "--steps", "1", "--repeats", "2",
+    out = run_bench("layout", "--models", "wrn-8-1,wrn-8-1-bn", "--steps", "1", "--repeats", "2",
                     "--batch-size", "8", "--threads", "1", "--json", str(tmp_path / "r.json"))
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["threads"] == 1 and [r["model"] for r in result["results"]] == ["wrn-8-1-srelu", "wrn-8-1-bn"]
@@ -36,7 +41,7 @@ def test_cpu_channels_last_reports_both_layouts_and_their_ratio(tmp_path):
 
 def test_train_throughput_measures_both_formats_and_their_ratio(tmp_path):
     for layout in ("--channels-last", "--no-channels-last"):
-        out = run_bench("train_throughput.py", "--models", "wrn-8-1", "--steps", "1", "--repeats", "2",
+        out = run_bench("train", "--models", "wrn-8-1", "--steps", "1", "--repeats", "2",
                         "--batch-size", "8", "--threads", "1", layout, "--json", str(tmp_path / "t.json"))
         r = json.loads((tmp_path / "t.json").read_text())
         assert r["channels_last"] is (layout == "--channels-last") and set(r["matmul_gflops"]) == {"fp32", "bf16"}
@@ -51,18 +56,38 @@ def test_train_throughput_measures_both_formats_and_their_ratio(tmp_path):
         assert f"bf16 / fp32 full-step images/s  {row['bf16_vs_fp32']:.2f}x" in out
 
 
-@pytest.mark.parametrize("args", [["--models", "wrn-8"], ["--models", "wrn-7-1"], ["--formats", "fp16"],
-                                  ["--steps", "0"]])
-def test_train_throughput_refuses_bad_options_in_one_line(args):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "train_throughput.py"), *args],
-                          capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
-    assert proc.returncode == 2 and proc.stdout == ""
-    assert len(proc.stderr.strip().splitlines()) == 1 and "train_throughput: error:" in proc.stderr
+@pytest.mark.parametrize("args, message", [
+    (["train", "--models", "wrn-8"], "--models: 'wrn-8' is not a model name"),
+    (["train", "--models", "wrn-7-1"], "--models: wrn-7-1: WRN depth must be 6n+2"),
+    (["train", "--formats", "fp16"], "--formats: 'fp16'"),
+    (["train", "--steps", "0"], "1 <= --steps"),
+    (["train", "--stepz", "1"], "unrecognized arguments: --stepz"),
+    (["layout", "--models", "8-1"], "--models: '8-1' is not a model name"),
+    (["layout", "--models", "wrn-8-1-x"], "--models: 'wrn-8-1-x' is not a model name"),
+    (["gpu-train", "--bits", "2"], "--bits '2'"),
+    (["firmware", "sizes", "wrn-8-1", "--targets", "cortex-a53"], "--targets 'cortex-a53': choose from"),
+    (["imagenet-loader", "--workers", "0"], "1 <= --workers"),
+    (["nope"], "invalid choice: 'nope'"),
+])
+def test_bad_benchmark_options_get_one_line(args, message):
+    proc = bench(*args, timeout=120)
+    assert proc.returncode in (1, 2) and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("onebit bench")
+
+
+def test_every_benchmark_has_help_and_the_listing_names_them_all():
+    from onebit.commands.bench import BENCHMARKS, benchmark_parser
+
+    listing = run_bench("--help")
+    for name in BENCHMARKS:
+        assert f"  {name} " in listing
+        parser, module = benchmark_parser(name)
+        assert parser.prog == f"onebit bench {name}" and module.__doc__.split()[0] in parser.format_help()
 
 
 def test_thread_policy_measures_every_setting_idle_and_busy(tmp_path, tiny_cifar10):
-    out = run_bench("thread_policy.py", "--data-dir", str(tiny_cifar10), "--limit", "200",
+    out = run_bench("threads", "--data-dir", str(tiny_cifar10), "--limit", "200",
                     "--json", str(tmp_path / "p.json"), timeout=600)
     result = json.loads((tmp_path / "p.json").read_text())
     assert list(result["results"]) == ["idle", "one busy process"]
@@ -72,12 +97,3 @@ def test_thread_policy_measures_every_setting_idle_and_busy(tmp_path, tiny_cifar
         assert 1 <= rows["onebit default"]["default_would_choose"] <= result["cpus"]
         best = min(r["wall_s"] for r in rows.values())
         assert f"{rows['1 thread']['wall_s'] / best:7.2f}x" in out
-
-
-@pytest.mark.parametrize("spec", ["8", "8-1-x", "7-1"])
-def test_cpu_channels_last_rejects_a_bad_model_in_one_line(spec):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "cpu_channels_last.py"), "--models", spec,
-                           "--steps", "1", "--repeats", "1"], capture_output=True, text=True, timeout=120, env=env)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("cpu_channels_last.py: error: --models")

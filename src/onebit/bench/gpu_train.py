@@ -12,8 +12,8 @@ held on the device, for each model x weight bit-depth x design. Per configuratio
 The baseline is the BN design (ICLR 2018), the subject the shifted-ReLU design (2019) -- the paper's
 claim is that dropping BN saves time and memory -- and the ratios BN / shifted ReLU are printed.
 
-    python bench/gpu_train.py                             # WRN-20-10 and WRN-14-4, 1-bit, both designs
-    python bench/gpu_train.py --device cpu --models wrn-8-1 --steps 3 --warmup 1 --batch-size 32
+    onebit bench gpu-train                                 # WRN-20-10 and WRN-14-4, 1-bit, both designs
+    onebit bench gpu-train --device cpu --models wrn-8-1 --steps 3 --warmup 1 --batch-size 32
 
 Depths count as in McDonnell's papers (6n + 2 layers): Zagoruyko & Komodakis's WRN-16-4 (n = 2 blocks per
 stage, counting its two 1x1 projection shortcuts) is WRN-14-4 here.
@@ -30,9 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from onebit.bench.machine import matmul_gflops
+from onebit.bench.models import model_sizes
 from onebit.data.augment import Augmentation
 from onebit.data.batches import epoch_batches, steps_per_epoch
-from onebit.models import WRNConfig, build_model, parse_wrn_name
+from onebit.errors import ConfigError, OnebitError
+from onebit.models import WRNConfig, build_model
 from onebit.train.config import TrainConfig
 from onebit.train.device import select_device
 from onebit.train.optimizer import make_optimizer
@@ -62,33 +65,9 @@ def train_flops_per_image(cfg: WRNConfig, size: int = 32) -> float:
     return float(counter.get_total_flops())
 
 
-def parse_model(name: str) -> tuple[int, int]:
-    size = parse_wrn_name(name)
-    if not size:
-        raise SystemExit(f"model names look like wrn-20-10, got {name!r}")
-    return size
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def matmul_tflops(device: torch.device, size: int = 8192, reps: int = 10) -> float:
-    """The measured ceiling: TFLOP/s of a size^3 bf16 matmul on CUDA (fp32 on CPU), random data, the mean
-    of ``reps`` products after 3 warm-ups."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    gen = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(size, size, device=device, dtype=dtype, generator=gen)
-    b = torch.randn(size, size, device=device, dtype=dtype, generator=gen)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * size ** 3 * reps / (time.perf_counter() - start) / 1e12
 
 
 def _device_us(evt) -> float:
@@ -172,7 +151,7 @@ def measure(cfg: TrainConfig, device: torch.device, steps: int, warmup: int, pro
     sync(device)
     seconds = time.perf_counter() - start
     if not torch.isfinite(loss):
-        raise SystemExit(f"{cfg.model_config().name}: loss became {float(loss)}")
+        raise OnebitError(f"{cfg.model_config().name}: loss became {float(loss)}")
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     out = {"step_ms": 1000 * seconds / steps, "images_per_s": steps * cfg.batch_size / seconds,
            "peak_mem_mib": peak, "warmup_s": warmup_s, "steps": steps, "warmup": warmup}
@@ -186,8 +165,7 @@ def measure(cfg: TrainConfig, device: torch.device, steps: int, warmup: int, pro
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
     ap.add_argument("--models", default="wrn-20-10,wrn-14-4", help="comma-separated wrn-D-K names")
     ap.add_argument("--bits", default="1", help="comma-separated weight bit-depths (1, 32)")
@@ -211,8 +189,13 @@ def main() -> None:
                     help="start no configuration that would end past S seconds (estimated from the last)")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     ap.add_argument("--json", default=None, help="also write the results to this file (after every row)")
-    args = ap.parse_args()
 
+
+def run(args: argparse.Namespace) -> int:
+    sizes = model_sizes(args.models)
+    bit_depths = [b.strip() for b in args.bits.split(",")]
+    if any(b not in ("1", "32") for b in bit_depths):
+        raise ConfigError(f"--bits {args.bits!r}: comma-separated 1 and 32")
     begin = time.perf_counter()
     device = select_device(args.device)
     if device.type == "cpu" and args.threads:
@@ -235,7 +218,8 @@ def main() -> None:
             os.replace(args.json + ".tmp", args.json)
 
     if args.matmul:
-        report["matmul_tflops"] = matmul_tflops(device, 8192 if device.type == "cuda" else 512, 10)
+        report["matmul_tflops"] = matmul_gflops(None, 8192 if device.type == "cuda" else 512, 10, device=device,
+                                                dtype=torch.bfloat16 if device.type == "cuda" else torch.float32) / 1e3
     print(f"device: {name}; dense bf16 peak: {f'{peak:g} TFLOP/s' if peak else 'unknown (pass --peak-tflops)'}"
           + (f"; measured matmul {report['matmul_tflops']:.1f} TFLOP/s" if args.matmul else "")
           + f"; torch {torch.__version__}; compile={compiled}, amp={report['amp']}, "
@@ -245,9 +229,8 @@ def main() -> None:
     print(header)
     profiled = {m.strip().lower() for m in args.profile_models.split(",")}
     last_s = 0.0
-    for model_name in args.models.split(","):
-        depth, width = parse_model(model_name)
-        for bits in (int(b) for b in args.bits.split(",")):
+    for depth, width, _ in sizes:                    # both designs of each size are measured
+        for bits in (int(b) for b in bit_depths):
             pair = {}
             for norm in ("bn", "none"):
                 cfg = TrainConfig(depth=depth, width=width, norm=norm, weight_bits=bits,
@@ -307,7 +290,4 @@ def main() -> None:
             save()
             print(line, flush=True)
     save()
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,0 +1,248 @@
+"""Cortex-M firmware, measured from the linked image and in QEMU (emulated; not a board).
+
+Measurements (``onebit bench firmware MEASURE MODEL...``; MODEL: a model file or run directory, or a name
+``wrn-D-K[-bn]`` with random 1-bit weights where weights do not matter):
+
+* ``sizes``    flash (code + constants, packed weights) and RAM (arena, stack, other) of the int and float
+               firmware, from ``arm-none-eabi-size -A`` and the ELF's symbols;
+* ``icount``   executed instructions per image under ``qemu-system-arm -icount shift=0``, int and float mode,
+               with the Cortex-M kernels and the portable ones (``-DONEBIT_NO_DSP``). **Emulated instruction
+               counts, not cycles**: they ignore pipelines, dual issue, wait states and memory latency;
+* ``arena``    the arena plans (host and bare metal) against the lower bound of live bytes;
+* ``accuracy`` the integer-mode firmware classifies the first ``--images`` CIFAR-10 test images in QEMU;
+               its logits are compared with the host build's (``onebit_demo_host --int --raw``) and its
+               accuracy is computed from its own printed predictions.
+
+    onebit bench firmware sizes runs/latest wrn-20-10
+    onebit bench firmware icount runs/latest --targets cortex-m4,cortex-m7
+    onebit bench firmware accuracy models/cifar10-mcu.onebit --targets cortex-m7 --images 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from onebit.bench.models import resolve_model
+from onebit.errors import ConfigError, DataError, OnebitError
+from onebit.export.c_build import run_make
+from onebit.export.c_runtime import export_c
+from onebit.export.firmware import build_firmware, measure_firmware, run_firmware
+from onebit.export.targets import TARGETS
+
+MEASURES = ("sizes", "icount", "arena", "accuracy")
+BARE_METAL = tuple(t for t in TARGETS if t.startswith("cortex-m"))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("measure", choices=MEASURES, help="what to measure (see above)")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="model file, run directory or wrn-D-K[-bn]")
+    p.add_argument("--targets", default="cortex-m4", help=f"comma-separated, of {', '.join(BARE_METAL)} "
+                                                          f"(default: %(default)s)")
+    p.add_argument("--images", type=int, default=None,
+                   help="test images to run (default: 2 for icount, 1000 for accuracy)")
+    p.add_argument("--calibrate", type=int, default=256,
+                   help="training images that calibrate the integer mode (default: %(default)s)")
+    p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (default: $ONEBIT_DATA or cache)")
+    p.add_argument("--json", default=None, help="also write the rows here")
+
+
+def run(args: argparse.Namespace) -> int:
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    bad = [t for t in targets if t not in BARE_METAL]
+    if bad or not targets:
+        raise ConfigError(f"--targets {args.targets!r}: choose from {', '.join(BARE_METAL)}")
+    if args.images is not None and not 1 <= args.images <= 10_000:
+        raise ConfigError(f"--images {args.images}: need 1..10000")
+    if not 1 <= args.calibrate <= 50_000:
+        raise ConfigError(f"--calibrate {args.calibrate}: need 1..50000")
+    rows = {"sizes": sizes, "icount": icount, "arena": arena, "accuracy": accuracy}[args.measure](args, targets)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"measure": args.measure, "rows": rows}, indent=1) + "\n")
+    return 0
+
+
+def _cifar(data_dir: str | None, train: bool):
+    from onebit.data.cifar import load_cifar
+
+    return load_cifar("cifar10", data_dir, train=train, download=False)
+
+
+def _calibration(args: argparse.Namespace, required: bool) -> torch.Tensor:
+    """Training images for the integer mode's scales; random ones where only sizes matter."""
+    try:
+        return _cifar(args.data_dir, True).images[:args.calibrate]
+    except DataError:
+        if required:
+            raise
+        return torch.randint(0, 256, (min(args.calibrate, 64), 3, 32, 32), dtype=torch.uint8,
+                             generator=torch.Generator().manual_seed(0))
+
+
+def _table(header: list[str], rows: list[dict], keys: list[str]) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        cells = ("yes" if r[k] is True else "no" if r[k] is False else f"{r[k]:,}" if isinstance(r[k], int)
+                 else str(r[k]) for k in keys)
+        print("| " + " | ".join(cells) + " |", flush=True)
+
+
+def sizes(args: argparse.Namespace, targets: list[str]) -> list[dict]:
+    calib = _calibration(args, required=False)
+    rows = []
+    for spec in args.models:
+        model, name = resolve_model(spec)
+        with tempfile.TemporaryDirectory() as tmp:
+            for target in targets:
+                out = export_c(model, Path(tmp) / target, calibration_images=calib, calibration_count=len(calib),
+                               target=target)
+                for mode in ("int", "float"):
+                    s = measure_firmware(build_firmware(out, mode, measure_only=True))
+                    rows.append({"model": name, "target": target, "mode": mode, "flash": s.flash,
+                                 "code_and_constants": s.code_and_constants, "weights": s.weights, "ram": s.ram,
+                                 "arena": s.arena, "stack": s.stack, "other": s.ram - s.arena - s.stack})
+    _table(["model", "target", "mode", "flash B", "code+const", "weights", "RAM B", "arena", "stack", "other"],
+           rows, ["model", "target", "mode", "flash", "code_and_constants", "weights", "ram", "arena", "stack",
+                  "other"])
+    return rows
+
+
+def _macs(out: Path) -> int:
+    line = next(l for l in (out / "onebit_config.h").read_text().splitlines() if "ONEBIT_MACS" in l)
+    return int(line.split()[2].rstrip("ULL"))
+
+
+def icount(args: argparse.Namespace, targets: list[str]) -> list[dict]:
+    test = _cifar(args.data_dir, False).images[:args.images or 2]
+    calib = _calibration(args, required=True)
+    rows = []
+    for spec in args.models:
+        model, name = resolve_model(spec)
+        with tempfile.TemporaryDirectory() as tmp:
+            for target in targets:
+                out = export_c(model, Path(tmp) / target, calibration_images=calib, calibration_count=len(calib),
+                               target=target)
+                (out / "images.bin").write_bytes(test.numpy().tobytes())
+                macs = _macs(out)
+                for mode, flags in (("int", ""), ("int", "-DONEBIT_NO_DSP"), ("float", ""),
+                                    ("float", "-DONEBIT_NO_DSP")):
+                    elf = build_firmware(out, mode, flags=flags, measure_only=False)
+                    fw = run_firmware(elf, out / "images.bin", icount=True, timeout=3600)
+                    per = float(np.mean(fw.instructions()))
+                    rows.append({"model": name, "target": target, "mode": mode, "kernels": fw.kernels,
+                                 "instructions_per_image": round(per), "macs": macs,
+                                 "instructions_per_mac": round(per / macs, 2)})
+    print(f"emulated instructions per image ({len(test)} test images; not cycles)")
+    _table(["model", "target", "mode", "kernels", "instructions / image", "MACs", "instr / MAC"], rows,
+           ["model", "target", "mode", "kernels", "instructions_per_image", "macs", "instructions_per_mac"])
+    return rows
+
+
+def _host_logits(out: Path, images: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Integer logits and predictions of the host build of the same export (``make host``)."""
+    run_make(out, "host")
+    text = subprocess.run([str(out / "onebit_demo_host"), "--int", "--raw", str(images)], check=True,
+                          capture_output=True, text=True).stdout
+    rows = [r.split() for r in text.strip().splitlines()]
+    return np.array([[int(v) for v in r[2:]] for r in rows], dtype=np.int64), np.array([int(r[1]) for r in rows])
+
+
+def accuracy(args: argparse.Namespace, targets: list[str]) -> list[dict]:
+    test = _cifar(args.data_dir, False)
+    n = min(args.images or 1000, len(test))
+    labels = test.labels[:n].numpy()
+    calib = _calibration(args, required=True)
+    rows = []
+    for spec in args.models:
+        model, name = resolve_model(spec)
+        with tempfile.TemporaryDirectory() as tmp:
+            for target in targets:
+                out = export_c(model, Path(tmp) / target, calibration_images=calib, calibration_count=len(calib),
+                               target=target)
+                images = out / "images.bin"
+                images.write_bytes(test.images[:n].numpy().tobytes())
+                start = time.perf_counter()
+                elf = build_firmware(out, "int", measure_only=False)
+                fw = run_firmware(elf, images, icount=False, timeout=6 * 3600)
+                seconds = time.perf_counter() - start
+                host, host_pred = _host_logits(out, images)
+                if fw.logits.shape != host.shape:
+                    raise OnebitError(f"{name} on {target}: the firmware printed {len(fw.logits)} images of {n}")
+                size = measure_firmware(elf)
+                rows.append({"model": name, "target": target, "mode": "int", "kernels": fw.kernels, "images": n,
+                             "firmware_accuracy": float((fw.preds == labels).mean()),
+                             "host_accuracy": float((host_pred == labels).mean()),
+                             "logits_identical": bool(np.array_equal(fw.logits, host)),
+                             "flash": size.flash, "ram": size.ram, "qemu_seconds": round(seconds, 1)})
+    print(f"integer-mode firmware in QEMU on the first {n} CIFAR-10 test images, against the host build")
+    _table(["model", "target", "kernels", "images", "firmware acc", "host acc", "logits identical", "flash B",
+            "RAM B"], [{**r, "firmware_accuracy": f"{100 * r['firmware_accuracy']:.2f}%",
+                        "host_accuracy": f"{100 * r['host_accuracy']:.2f}%"} for r in rows],
+           ["model", "target", "kernels", "images", "firmware_accuracy", "host_accuracy", "logits_identical",
+            "flash", "ram"])
+    if not all(r["logits_identical"] for r in rows):
+        raise OnebitError("the firmware's logits differ from the host build's (see the table)")
+    return rows
+
+
+def live_lower_bound(prog, esz: int, overlap: bool) -> int:
+    """max over steps of the bytes that must be live at once: inputs still to be read and outputs (an
+    identity R counted once; with overlap an output over its dying conv input spans
+    max(input + lag, output) bytes). No plan can be smaller (alignment ignored)."""
+    from onebit.export.arena import lag_bytes
+
+    def nbytes(t):
+        c, h, w = prog.tensors[t]
+        return (h + 2) * (w + 2) * c * esz, (w + 2) * c * esz
+
+    last = {}
+    for i, st in enumerate(prog.steps):
+        for t in (st.src, st.res_src):
+            if t:
+                last[t] = i
+    best = 0
+    for i, st in enumerate(prog.steps):
+        defined = {"x"} | {t for s2 in prog.steps[:i] for t in (s2.out, s2.act_out) if t}
+        live = {t for t in defined if last.get(t, -1) >= i}
+        if st.epilogue == "head":
+            total = sum(nbytes(t)[0] for t in live) + st.out_hw[0] * st.out_hw[1] * prog.num_classes * 4
+            best = max(best, total)
+            continue
+        out = st.act_out if st.epilogue == "res" else st.out
+        total = sum(nbytes(t)[0] for t in live)
+        if st.epilogue == "res" and st.out and st.res != "identity":
+            total += nbytes(st.out)[0]
+        o, orow = nbytes(out)
+        if overlap and last.get(st.src) == i and st.src != st.res_src:
+            src, srow = nbytes(st.src)
+            total += max(src + lag_bytes(st, orow, srow), o) - src
+        else:
+            total += o
+        best = max(best, total)
+    return best
+
+
+def arena(args: argparse.Namespace, targets: list[str]) -> list[dict]:
+    from onebit.export.c_program import lower
+    from onebit.export.arena import plan_slots
+
+    rows = []
+    for spec in args.models:
+        model, name = resolve_model(spec)
+        prog = lower(model)
+        host, bare = plan_slots(prog), plan_slots(prog, overlap=True)
+        for mode, esz, a, b in (("int", 2, host.total_i, bare.total_i), ("float", 4, host.total_f, bare.total_f)):
+            rows.append({"model": name, "mode": mode, "host_planned": a,
+                         "host_lower_bound": live_lower_bound(prog, esz, False), "bare_metal_planned": b,
+                         "bare_metal_lower_bound": live_lower_bound(prog, esz, True)})
+    _table(["model", "mode", "planned, host", "lower bound, host", "planned, bare metal", "lower bound, bare metal"],
+           rows, ["model", "mode", "host_planned", "host_lower_bound", "bare_metal_planned", "bare_metal_lower_bound"])
+    return rows
