@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ import torch
 from onebit.bench.models import resolve_model
 from onebit.errors import ConfigError, DataError, OnebitError
 from onebit.export.c_build import run_make
-from onebit.export.c_runtime import export_c
+from onebit.export.c_runtime import export_c, read_export_info
 from onebit.export.firmware import build_firmware, measure_firmware, run_firmware
 from onebit.export.targets import TARGETS
 
@@ -95,51 +96,47 @@ def _table(header: list[str], rows: list[dict], keys: list[str]) -> None:
         print("| " + " | ".join(cells) + " |", flush=True)
 
 
-def sizes(args: argparse.Namespace, targets: list[str]) -> list[dict]:
-    calib = _calibration(args, required=False)
-    rows = []
+def _exports(args: argparse.Namespace, targets: list[str], calib: torch.Tensor) -> Iterator[tuple[str, str, Path]]:
+    """(model label, target, C export folder) for every model and target, each exported to a temporary folder
+    that lives until the next one is yielded."""
     for spec in args.models:
         model, name = resolve_model(spec)
         with tempfile.TemporaryDirectory() as tmp:
             for target in targets:
-                out = export_c(model, Path(tmp) / target, calibration_images=calib, calibration_count=len(calib),
-                               target=target)
-                for mode in ("int", "float"):
-                    s = measure_firmware(build_firmware(out, mode, measure_only=True))
-                    rows.append({"model": name, "target": target, "mode": mode, "flash": s.flash,
-                                 "code_and_constants": s.code_and_constants, "weights": s.weights, "ram": s.ram,
-                                 "arena": s.arena, "stack": s.stack, "other": s.ram - s.arena - s.stack})
+                yield name, target, export_c(model, Path(tmp) / target, calibration_images=calib,
+                                             calibration_count=len(calib), target=target)
+
+
+def sizes(args: argparse.Namespace, targets: list[str]) -> list[dict]:
+    calib = _calibration(args, required=False)
+    rows = []
+    for name, target, out in _exports(args, targets, calib):
+        for mode in ("int", "float"):
+            s = measure_firmware(build_firmware(out, mode, measure_only=True))
+            rows.append({"model": name, "target": target, "mode": mode, "flash": s.flash,
+                         "code_and_constants": s.code_and_constants, "weights": s.weights, "ram": s.ram,
+                         "arena": s.arena, "stack": s.stack, "other": s.ram - s.arena - s.stack})
     _table(["model", "target", "mode", "flash B", "code+const", "weights", "RAM B", "arena", "stack", "other"],
            rows, ["model", "target", "mode", "flash", "code_and_constants", "weights", "ram", "arena", "stack",
                   "other"])
     return rows
 
 
-def _macs(out: Path) -> int:
-    line = next(l for l in (out / "onebit_config.h").read_text().splitlines() if "ONEBIT_MACS" in l)
-    return int(line.split()[2].rstrip("ULL"))
-
-
 def icount(args: argparse.Namespace, targets: list[str]) -> list[dict]:
     test = _cifar(args.data_dir, False).images[:args.images or 2]
     calib = _calibration(args, required=True)
     rows = []
-    for spec in args.models:
-        model, name = resolve_model(spec)
-        with tempfile.TemporaryDirectory() as tmp:
-            for target in targets:
-                out = export_c(model, Path(tmp) / target, calibration_images=calib, calibration_count=len(calib),
-                               target=target)
-                (out / "images.bin").write_bytes(test.numpy().tobytes())
-                macs = _macs(out)
-                for mode, flags in (("int", ""), ("int", "-DONEBIT_NO_DSP"), ("float", ""),
-                                    ("float", "-DONEBIT_NO_DSP")):
-                    elf = build_firmware(out, mode, flags=flags, measure_only=False)
-                    fw = run_firmware(elf, out / "images.bin", icount=True, timeout=3600)
-                    per = float(np.mean(fw.instructions()))
-                    rows.append({"model": name, "target": target, "mode": mode, "kernels": fw.kernels,
-                                 "instructions_per_image": round(per), "macs": macs,
-                                 "instructions_per_mac": round(per / macs, 2)})
+    for name, target, out in _exports(args, targets, calib):
+        (out / "images.bin").write_bytes(test.numpy().tobytes())
+        macs = read_export_info(out)["macs"]
+        for mode, flags in (("int", ""), ("int", "-DONEBIT_NO_DSP"), ("float", ""),
+                            ("float", "-DONEBIT_NO_DSP")):
+            elf = build_firmware(out, mode, flags=flags, measure_only=False)
+            fw = run_firmware(elf, out / "images.bin", icount=True, timeout=3600)
+            per = float(np.mean(fw.instructions()))
+            rows.append({"model": name, "target": target, "mode": mode, "kernels": fw.kernels,
+                         "instructions_per_image": round(per), "macs": macs,
+                         "instructions_per_mac": round(per / macs, 2)})
     print(f"emulated instructions per image ({len(test)} test images; not cycles)")
     _table(["model", "target", "mode", "kernels", "instructions / image", "MACs", "instr / MAC"], rows,
            ["model", "target", "mode", "kernels", "instructions_per_image", "macs", "instructions_per_mac"])
@@ -161,27 +158,22 @@ def accuracy(args: argparse.Namespace, targets: list[str]) -> list[dict]:
     labels = test.labels[:n].numpy()
     calib = _calibration(args, required=True)
     rows = []
-    for spec in args.models:
-        model, name = resolve_model(spec)
-        with tempfile.TemporaryDirectory() as tmp:
-            for target in targets:
-                out = export_c(model, Path(tmp) / target, calibration_images=calib, calibration_count=len(calib),
-                               target=target)
-                images = out / "images.bin"
-                images.write_bytes(test.images[:n].numpy().tobytes())
-                start = time.perf_counter()
-                elf = build_firmware(out, "int", measure_only=False)
-                fw = run_firmware(elf, images, icount=False, timeout=6 * 3600)
-                seconds = time.perf_counter() - start
-                host, host_pred = _host_logits(out, images)
-                if fw.logits.shape != host.shape:
-                    raise OnebitError(f"{name} on {target}: the firmware printed {len(fw.logits)} images of {n}")
-                size = measure_firmware(elf)
-                rows.append({"model": name, "target": target, "mode": "int", "kernels": fw.kernels, "images": n,
-                             "firmware_accuracy": float((fw.preds == labels).mean()),
-                             "host_accuracy": float((host_pred == labels).mean()),
-                             "logits_identical": bool(np.array_equal(fw.logits, host)),
-                             "flash": size.flash, "ram": size.ram, "qemu_seconds": round(seconds, 1)})
+    for name, target, out in _exports(args, targets, calib):
+        images = out / "images.bin"
+        images.write_bytes(test.images[:n].numpy().tobytes())
+        start = time.perf_counter()
+        elf = build_firmware(out, "int", measure_only=False)
+        fw = run_firmware(elf, images, icount=False, timeout=6 * 3600)
+        seconds = time.perf_counter() - start
+        host, host_pred = _host_logits(out, images)
+        if fw.logits.shape != host.shape:
+            raise OnebitError(f"{name} on {target}: the firmware printed {len(fw.logits)} images of {n}")
+        size = measure_firmware(elf)
+        rows.append({"model": name, "target": target, "mode": "int", "kernels": fw.kernels, "images": n,
+                     "firmware_accuracy": float((fw.preds == labels).mean()),
+                     "host_accuracy": float((host_pred == labels).mean()),
+                     "logits_identical": bool(np.array_equal(fw.logits, host)),
+                     "flash": size.flash, "ram": size.ram, "qemu_seconds": round(seconds, 1)})
     print(f"integer-mode firmware in QEMU on the first {n} CIFAR-10 test images, against the host build")
     _table(["model", "target", "kernels", "images", "firmware acc", "host acc", "logits identical", "flash B",
             "RAM B"], [{**r, "firmware_accuracy": f"{100 * r['firmware_accuracy']:.2f}%",
