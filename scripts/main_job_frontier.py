@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 from pathlib import Path
 
 import matplotlib
@@ -22,14 +21,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from onebit.experiments.store import ResultsStore  # noqa: E402
+
 
 def load_points(folder: Path) -> list[dict]:
     rates = json.loads((folder / "throughput.json").read_text())["images_per_s"]
-    db = sqlite3.connect(f"file:{folder / 'runs.db'}?mode=ro", uri=True)
+    with ResultsStore(folder / "runs.db", create=False) as store:      # read-only
+        runs = store.runs()
     points = []
-    for config_json, val_acc, test_acc, sweep in db.execute(
-            "SELECT config_json, val_acc, test_acc, sweep FROM runs ORDER BY recorded_at"):
-        cfg = json.loads(config_json)
+    for run in runs:
+        cfg, val_acc, test_acc, sweep = run["config"], run["val_acc"], run["test_acc"], run["sweep"]
         arch = f"wrn-{cfg['depth']}-{cfg['width']}" + (" bf16" if cfg.get("amp") else "")
         if arch not in rates or val_acc is None:
             continue
