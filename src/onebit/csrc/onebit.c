@@ -37,6 +37,16 @@
 #else
 #include "ob_kernels_portable.h"
 #endif
+#if ONEBIT_HAS_INT8
+#include "ob_kernels8_portable.h"
+#if !defined(OB_HAVE_K8)
+#define ob_k8 ob_k8_portable
+#define OB_KERNEL8_NAME "portable"
+#endif
+#endif
+#if !defined(OB_MR8)
+#define OB_MR8 OB_MR                    /* pixels per tile of the 8-bit kernel */
+#endif
 
 /* The integer mode's rounding shifts need >> of negative values to be arithmetic (all C99 compilers
  * in use do this, but the standard leaves it implementation-defined). */
@@ -47,7 +57,10 @@ typedef char ob_block_check[OB_NCO == 32 && OB_TAP_BYTES * 8 == OB_NCO ? 1 : -1]
 #define OB_F(arena, slot) ((float *)((arena) + ob_slot_f[slot]))
 #define OB_Q(arena, slot) ((int16_t *)((arena) + ob_slot_i[slot]))
 #define OB_QH(arena) ((int32_t *)((arena) + ob_slot_i[ONEBIT_HEAD_SLOT]))
-#define OB_PER(mode) (((mode) == ONEBIT_INT ? (size_t)ONEBIT_ARENA_BYTES_I : (size_t)ONEBIT_ARENA_BYTES_F))
+#define OB_U8(arena, slot) ((uint8_t *)((arena) + ob_slot_8[slot]))
+#define OB_R8(arena, slot) ((int16_t *)((arena) + ob_slot_8[slot]))
+#define OB_PER(mode) ((mode) == ONEBIT_INT ? (size_t)ONEBIT_ARENA_BYTES_I : \
+                      (mode) == ONEBIT_INT8 ? (size_t)ONEBIT_ARENA_BYTES_8 : (size_t)ONEBIT_ARENA_BYTES_F)
 
 const char *onebit_model_id(void) { return ONEBIT_MODEL_ID; }
 const char *onebit_kernel_name(void) { return OB_KERNEL_NAME; }
@@ -56,20 +69,27 @@ size_t onebit_arena_bytes(int mode) { return OB_PER(mode); }
 int onebit_num_classes(void) { return ONEBIT_NUM_CLASSES; }
 size_t onebit_input_bytes(void) { return ONEBIT_INPUT_BYTES; }
 int onebit_has_int(void) { return ONEBIT_HAS_INT; }
+int onebit_has_int8(void) { return ONEBIT_HAS_INT8; }
+#if ONEBIT_HAS_INT8
+const char *onebit_kernel8_name(void) { return OB_KERNEL8_NAME; }
+#else
+const char *onebit_kernel8_name(void) { return "none"; }
+#endif
 
 /* ---------------------------------------------------------------------------------------------- */
-/* zero border of an output tensor: the cells next to output row oy (and the top/bottom rows) */
+/* border of an output tensor (the real value 0: byte `fill` for the 8-bit mode's bytes (esz 1), else
+ * all-zero bytes): the cells next to output row oy (and the top/bottom rows) */
 
-static void ob_border(unsigned char *buf, size_t esz, const ob_layer *L, int oy, int co0, int nco)
+static void ob_border(unsigned char *buf, size_t esz, const ob_layer *L, int oy, int co0, int nco, int fill)
 {
     const size_t w2 = (size_t)L->ow + 2, c = (size_t)L->cout, n = (size_t)nco * esz;
     size_t x;
-    memset(buf + (((size_t)(oy + 1) * w2) * c + (size_t)co0) * esz, 0, n);
-    memset(buf + (((size_t)(oy + 1) * w2 + w2 - 1) * c + (size_t)co0) * esz, 0, n);
+    memset(buf + (((size_t)(oy + 1) * w2) * c + (size_t)co0) * esz, fill, n);
+    memset(buf + (((size_t)(oy + 1) * w2 + w2 - 1) * c + (size_t)co0) * esz, fill, n);
     if (oy == 0)
-        for (x = 0; x < w2; x++) memset(buf + (x * c + (size_t)co0) * esz, 0, n);
+        for (x = 0; x < w2; x++) memset(buf + (x * c + (size_t)co0) * esz, fill, n);
     if (oy == L->oh - 1)
-        for (x = 0; x < w2; x++) memset(buf + (((size_t)(L->oh + 1) * w2 + x) * c + (size_t)co0) * esz, 0, n);
+        for (x = 0; x < w2; x++) memset(buf + (((size_t)(L->oh + 1) * w2 + x) * c + (size_t)co0) * esz, fill, n);
 }
 
 /* number of real pixels in the 3x3 stride-2 pool window of output (oy, ox) */
@@ -315,6 +335,108 @@ static void ob_head_q(const unsigned char *arena, float *logits, int32_t *lq)
 #endif
 
 /* ---------------------------------------------------------------------------------------------- */
+/* 8-bit mode: convolution inputs are bytes u with real value s (u - z) (onebit/export/int8.py), the
+ * residual stream R is int16 as in the integer mode. acc = acc' - zw (zw = z * sum of the signs),
+ * byte outputs clamp(rq(.) + z, 0, 255): for a shifted ReLU (s = 1/z) the clamp at 0 is max(v, -1). */
+
+#if ONEBIT_HAS_INT8
+#if !ONEBIT_HAS_INT
+#error "the 8-bit mode shares the integer mode's constants"
+#endif
+static uint8_t ob_byte(int64_t v) { return (uint8_t)(v > 255 ? 255 : (v < 0 ? 0 : v)); }
+
+static void ob_epi_8(const ob_layer *L, unsigned char *arena, int oy, int ox0, int mr, int co0, int nco,
+                     const int32_t *acc)
+{
+    int32_t *head = (int32_t *)(arena + ob_slot_8[ONEBIT_HEAD_SLOT]);
+    const int32_t *zw = L->q8_zw + co0;
+    int p, j;
+    if (L->epi == OB_EPI_HEAD) {            /* the accumulators; ob_head_8 scales the sums */
+        for (p = 0; p < mr; p++)
+            for (j = 0; j < nco; j++)
+                head[((size_t)oy * (size_t)L->ow + (size_t)(ox0 + p)) * ONEBIT_NUM_CLASSES + (size_t)(co0 + j)] =
+                    acc[p * OB_NCO + j] - zw[j];
+        return;
+    }
+    if (L->epi == OB_EPI_ACT) {             /* T = act(acc): a byte */
+        uint8_t *dst = OB_U8(arena, L->dst);
+        for (p = 0; p < mr; p++) {
+            const size_t o = ((size_t)(oy + 1) * ((size_t)L->ow + 2) + (size_t)(ox0 + p) + 1) * (size_t)L->cout +
+                             (size_t)co0;
+            const int32_t *a = acc + p * OB_NCO;
+            if (L->act == OB_ACT_SRELU)
+                for (j = 0; j < nco; j++) dst[o + j] = ob_byte(ob_rq(a[j] - zw[j], L->q8_m, L->q8_sh) + L->q8_z);
+            else
+                for (j = 0; j < nco; j++)
+                    dst[o + j] = ob_byte(ob_rq(a[j] - zw[j], L->q8_act_m[co0 + j], L->q8_act_sh) + L->q8_act_b[co0 + j]);
+        }
+        return;
+    }
+    {                                       /* R = sat(rq(acc) + shortcut(R_prev)) int16, A = act(R) a byte */
+        int16_t *dst = L->dst >= 0 ? OB_R8(arena, L->dst) : NULL;
+        const int16_t *res = L->res_src >= 0 ? OB_R8(arena, L->res_src) : NULL;
+        uint8_t *adst = OB_U8(arena, L->act_dst);
+        for (p = 0; p < mr; p++) {
+            const int ox = ox0 + p;
+            const size_t o = ((size_t)(oy + 1) * ((size_t)L->ow + 2) + (size_t)ox + 1) * (size_t)L->cout;
+            const int32_t *a = acc + p * OB_NCO;
+            int y0 = 0, x0 = 0, count = 0;
+            if (L->res == OB_RES_POOL) count = ob_pool_window(L, oy, ox, &y0, &x0);
+            for (j = 0; j < nco; j++) {
+                const int co = co0 + j;
+                int64_t v = ob_rq(a[j] - zw[j], L->q8_m, L->q8_sh);
+                if (L->res == OB_RES_IDENTITY) {
+                    v += ob_rq(res[o + (size_t)co], L->q_res_m, L->q_res_sh);
+                } else if (L->res == OB_RES_POOL && co < L->res_c) {
+                    const size_t w2 = (size_t)L->res_w + 2;
+                    int64_t sum = 0;
+                    int dy, dx;
+                    for (dy = 0; dy < 3; dy++)
+                        for (dx = 0; dx < 3; dx++)
+                            sum += res[((size_t)(y0 + dy + 1) * w2 + (size_t)(x0 + dx + 1)) * (size_t)L->res_c + (size_t)co];
+                    v += ob_rq(sum, L->q_pool_m[count], L->q_pool_sh);
+                }
+                v = ob_sat_q(v);
+                if (dst) dst[o + (size_t)co] = (int16_t)v;
+                adst[o + (size_t)co] = L->act == OB_ACT_SRELU ? ob_byte(ob_rq(v, L->q8_a_m, L->q8_a_sh) + L->q8_z)
+                                       : ob_byte(ob_rq(v, L->q8_act_m[co], L->q8_act_sh) + L->q8_act_b[co]);
+            }
+        }
+    }
+}
+
+static void ob_input_8(const uint8_t *img, unsigned char *arena)
+{
+    uint8_t *x = OB_U8(arena, 0);
+    const size_t w2 = ONEBIT_IN_W + 2, hw = (size_t)ONEBIT_IN_H * ONEBIT_IN_W;
+    int y, xx, c;
+    memset(x, ONEBIT_IN_Z8, (ONEBIT_IN_H + 2) * w2 * ONEBIT_IN_CP);     /* border, padded channels: the real 0 */
+    for (y = 0; y < ONEBIT_IN_H; y++)
+        for (xx = 0; xx < ONEBIT_IN_W; xx++)
+            for (c = 0; c < ONEBIT_IN_C; c++)
+                x[((size_t)(y + 1) * w2 + (size_t)xx + 1) * ONEBIT_IN_CP + (size_t)c] =
+                    ob_in_lut8[c][img[(size_t)c * hw + (size_t)y * ONEBIT_IN_W + (size_t)xx]];
+}
+
+static void ob_head_8(const unsigned char *arena, float *logits, int32_t *lq)
+{
+    const ob_layer *L = &ob_layers[ONEBIT_NUM_LAYERS - 1];
+    const int32_t *head = (const int32_t *)(arena + ob_slot_8[ONEBIT_HEAD_SLOT]);
+    const size_t npix = (size_t)L->oh * (size_t)L->ow;
+    size_t p;
+    int c;
+    for (c = 0; c < ONEBIT_NUM_CLASSES; c++) {
+        int64_t s = 0, q;
+        for (p = 0; p < npix; p++) s += head[p * ONEBIT_NUM_CLASSES + (size_t)c];
+        q = ob_rq(s, ob_head_qm8[c], ONEBIT_HEAD_QSH8) + ob_head_qb8[c];
+        q = q > INT32_MAX ? INT32_MAX : (q < -INT32_MAX ? -INT32_MAX : q);
+        if (lq) lq[c] = (int32_t)q;
+        if (logits) logits[c] = (float)q * ONEBIT_LOGIT_SCALE;
+    }
+}
+#endif
+
+/* ---------------------------------------------------------------------------------------------- */
 /* layer driver: work item = (output row, 32-channel block), rows in order (all blocks of a row before
  * the next row: an arena plan with ONEBIT_ARENA_OVERLAP relies on it) */
 
@@ -329,7 +451,7 @@ static void ob_layer_run(const ob_layer *L, unsigned char *arena, int mode, long
         const int co0 = blk * OB_NCO, nco = L->cout - co0 < OB_NCO ? L->cout - co0 : OB_NCO;
         const uint8_t *w = L->bits + (size_t)blk * wblk;
         int ox0;
-        for (ox0 = 0; ox0 < L->ow; ox0 += OB_MR) {
+        for (ox0 = 0; ox0 < L->ow && mode != ONEBIT_INT8; ox0 += OB_MR) {
             const int mr = L->ow - ox0 < OB_MR ? L->ow - ox0 : OB_MR;
             const size_t off = ((size_t)(oy * L->stride - L->pad + 1) * ((size_t)L->iw + 2) +
                                 (size_t)(ox0 * L->stride - L->pad + 1)) * (size_t)L->cin;
@@ -337,7 +459,7 @@ static void ob_layer_run(const ob_layer *L, unsigned char *arena, int mode, long
                 float acc[OB_MR * OB_NCO];
                 ob_kf(OB_F(arena, L->src) + off, pix, row, L->cin, L->k, w, mr, acc);
                 ob_epi_f(L, arena, oy, ox0, mr, co0, nco, acc);
-            } else {
+            } else if (mode == ONEBIT_INT) {
 #if ONEBIT_HAS_INT
                 int32_t acc[OB_MR * OB_NCO];
                 ob_ki(OB_Q(arena, L->src) + off, pix, row, L->cin, L->k, w, mr, acc);
@@ -345,11 +467,30 @@ static void ob_layer_run(const ob_layer *L, unsigned char *arena, int mode, long
 #endif
             }
         }
+#if ONEBIT_HAS_INT8
+        if (mode == ONEBIT_INT8)
+            for (ox0 = 0; ox0 < L->ow; ox0 += OB_MR8) {
+                const int mr = L->ow - ox0 < OB_MR8 ? L->ow - ox0 : OB_MR8;
+                const size_t off = ((size_t)(oy * L->stride - L->pad + 1) * ((size_t)L->iw + 2) +
+                                    (size_t)(ox0 * L->stride - L->pad + 1)) * (size_t)L->cin;
+                int32_t acc[OB_MR8 * OB_NCO];
+                ob_k8(OB_U8(arena, L->src) + off, pix, row, L->cin, L->k, w, mr, acc);
+                ob_epi_8(L, arena, oy, ox0, mr, co0, nco, acc);
+            }
+#endif
         if (L->epi != OB_EPI_HEAD) {
-            const size_t esz = mode == ONEBIT_FLOAT ? sizeof(float) : sizeof(int16_t);
-            const size_t *slots = mode == ONEBIT_FLOAT ? ob_slot_f : ob_slot_i;
-            if (L->dst >= 0) ob_border(arena + slots[L->dst], esz, L, oy, co0, nco);
-            if (L->act_dst >= 0) ob_border(arena + slots[L->act_dst], esz, L, oy, co0, nco);
+            if (mode == ONEBIT_INT8) {           /* R int16 (border 0), T and A bytes (border: zero code) */
+#if ONEBIT_HAS_INT8
+                if (L->epi == OB_EPI_ACT) ob_border(arena + ob_slot_8[L->dst], 1, L, oy, co0, nco, L->q8_z);
+                if (L->epi == OB_EPI_RES && L->dst >= 0) ob_border(arena + ob_slot_8[L->dst], 2, L, oy, co0, nco, 0);
+                if (L->act_dst >= 0) ob_border(arena + ob_slot_8[L->act_dst], 1, L, oy, co0, nco, L->q8_z);
+#endif
+            } else {
+                const size_t esz = mode == ONEBIT_FLOAT ? sizeof(float) : sizeof(int16_t);
+                const size_t *slots = mode == ONEBIT_FLOAT ? ob_slot_f : ob_slot_i;
+                if (L->dst >= 0) ob_border(arena + slots[L->dst], esz, L, oy, co0, nco, 0);
+                if (L->act_dst >= 0) ob_border(arena + slots[L->act_dst], esz, L, oy, co0, nco, 0);
+            }
         }
     }
 }
@@ -406,6 +547,9 @@ static void ob_forward(int mode, const uint8_t *img, unsigned char *arena, int t
     int l;
     if (tid == 0) {
         if (mode == ONEBIT_FLOAT) ob_input_f(img, arena);
+#if ONEBIT_HAS_INT8
+        else if (mode == ONEBIT_INT8) ob_input_8(img, arena);
+#endif
 #if ONEBIT_HAS_INT
         else ob_input_q(img, arena);
 #endif
@@ -422,6 +566,9 @@ static void ob_forward(int mode, const uint8_t *img, unsigned char *arena, int t
             ob_head_f(arena, logits);
             (void)lq;
         }
+#if ONEBIT_HAS_INT8
+        else if (mode == ONEBIT_INT8) ob_head_8(arena, logits, lq);
+#endif
 #if ONEBIT_HAS_INT
         else ob_head_q(arena, logits, lq);
 #endif
@@ -518,15 +665,15 @@ int onebit_run(int mode, const uint8_t *images, int n, float *logits, int32_t *l
 {
     ob_task task;
     const size_t per = OB_PER(mode);
-    if (mode != ONEBIT_FLOAT && mode != ONEBIT_INT) return ONEBIT_EARGS;
-    if (mode == ONEBIT_INT && !ONEBIT_HAS_INT) return ONEBIT_ENOINT;
-    if (n < 0 || (n > 0 && (!images || (!logits && !(mode == ONEBIT_INT && logits_q))))) return ONEBIT_EARGS;
+    if (mode != ONEBIT_FLOAT && mode != ONEBIT_INT && mode != ONEBIT_INT8) return ONEBIT_EARGS;
+    if ((mode == ONEBIT_INT && !ONEBIT_HAS_INT) || (mode == ONEBIT_INT8 && !ONEBIT_HAS_INT8)) return ONEBIT_ENOINT;
+    if (n < 0 || (n > 0 && (!images || (!logits && !(mode != ONEBIT_FLOAT && logits_q))))) return ONEBIT_EARGS;
     if (!arena || ((uintptr_t)arena % ONEBIT_ARENA_ALIGN) || arena_bytes < per) return ONEBIT_EARENA;
     if (n == 0) return ONEBIT_OK;
     if (threads > OB_MAXT) threads = OB_MAXT;
     if (threads < 1) threads = 1;
     task.mode = mode; task.n = n; task.tid = 0; task.nth = 1; task.tiles = 0; task.images = images;
-    task.logits = logits; task.lq = mode == ONEBIT_INT ? logits_q : NULL; task.arena = (unsigned char *)arena;
+    task.logits = logits; task.lq = mode != ONEBIT_FLOAT ? logits_q : NULL; task.arena = (unsigned char *)arena;
     task.per = per; task.sync = NULL;
 #if OB_MAXT > 1
     if (threads > 1) {

@@ -11,6 +11,9 @@
  *   ONEBIT_INT    int16 fixed-point activations with per-layer power-of-two scales; a convolution is
  *                 additions and subtractions of integers, and the only multiplications are the
  *                 fixed-point rescales of the outputs (int32 multiplier, int64 product, rounding shift).
+ *   ONEBIT_INT8   8-bit activations: every convolution input is a byte u with real value s (u - z)
+ *                 (a shifted ReLU's -1 is the byte 0), the residual stream stays int16 as in ONEBIT_INT;
+ *                 same rescales, half the bytes per activation.
  *
  * Images are uint8 CHW planar (the CIFAR-10 binary layout), ONEBIT_IN_C x ONEBIT_IN_H x ONEBIT_IN_W
  * raw pixel values 0..255.
@@ -35,10 +38,13 @@ const char *onebit_model_id(void);
 const char *onebit_kernel_name(void);
 /* Largest thread count this build accepts (ONEBIT_THREADS at build time, 1 without pthreads). */
 int onebit_max_threads(void);
-/* Logits per image, bytes per input image, whether the integer mode was exported. */
+/* "vnni", "dsp", "portable", ... : the 8-bit mode's convolution kernels ("none" without that mode). */
+const char *onebit_kernel8_name(void);
+/* Logits per image, bytes per input image, whether the integer (int16) and 8-bit modes were exported. */
 int onebit_num_classes(void);
 size_t onebit_input_bytes(void);
 int onebit_has_int(void);
+int onebit_has_int8(void);
 /* Arena bytes one worker needs in `mode`. */
 size_t onebit_arena_bytes(int mode);
 
@@ -46,8 +52,8 @@ size_t onebit_arena_bytes(int mode);
 int onebit_infer(int mode, const uint8_t *image, float *logits, void *arena);
 
 /* Logits of `n` images (n * ONEBIT_INPUT_BYTES bytes) into logits[n * ONEBIT_NUM_CLASSES].
- * `logits_q` (may be NULL; integer mode only) receives the integer logits, whose real value is
- * logits_q * ONEBIT_LOGIT_SCALE; in integer mode `logits` may be NULL if `logits_q` is not, and then no
+ * `logits_q` (may be NULL; integer modes only) receives the integer logits, whose real value is
+ * logits_q * ONEBIT_LOGIT_SCALE; in the integer modes `logits` may be NULL if `logits_q` is not, and then no
  * floating-point operation is executed at all. With threads > 1 (and a build with ONEBIT_THREADS > 1), one image is
  * split into spatial tiles over the threads; several images are split over the threads, each with its
  * own arena (arena_bytes >= workers * onebit_arena_bytes(mode); fewer workers are used if it is not).

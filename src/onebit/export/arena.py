@@ -1,5 +1,5 @@
 """The activation arena of an exported C program: every tensor's slot and each slot's byte offset in
-float and integer mode, planned like tflite-micro's memory planner (live ranges, first fit), with the
+float, integer (int16) and 8-bit mode, planned like tflite-micro's memory planner (live ranges, first fit), with the
 bare-metal option of letting an output overwrite the rows of its dying input (one thread per image)."""
 
 from __future__ import annotations
@@ -8,13 +8,14 @@ from dataclasses import dataclass
 
 from onebit.export.c_contract import SLOT_ALIGN
 from onebit.export.c_program import ConvStep, Program
+from onebit.export.int8 import byte_tensors
 
 ALIGN = SLOT_ALIGN          # arena slot offsets (c_contract)
 
 
 @dataclass
 class SlotPlan:
-    """Arena layout: every tensor's slot, and each slot's byte offset in float and integer mode."""
+    """Arena layout: every tensor's slot, and each slot's byte offset in float, int16 and 8-bit mode."""
 
     slot_of: dict[str, int]
     offsets_f: list[int]
@@ -23,6 +24,8 @@ class SlotPlan:
     total_i: int
     head_slot: int
     overlap: bool = False        # outputs may overwrite rows of their dying input (single-threaded only)
+    offsets_8: list[int] | None = None   # 8-bit mode: convolution inputs are bytes, R tensors int16
+    total_8: int = 0
 
 
 class _NoFit(Exception):
@@ -47,7 +50,8 @@ def lag_bytes(step: ConvStep, out_row: int, in_row: int) -> int:
 
 
 def plan_slots(prog: Program, overlap: bool = False) -> SlotPlan:
-    """Place every tensor in the arena by liveness (first fit by offset), in float and integer mode.
+    """Place every tensor in the arena by liveness (first fit by offset), in float, int16 and 8-bit mode
+    (element sizes 4, 2, and 1 for convolution inputs / 2 for the residual stream).
 
     Tensors are NHWC with a one-pixel zero border; a tensor lives from the step that writes it to the
     last step that reads it. An identity-shortcut block writes its output R over its input R (each
@@ -63,11 +67,7 @@ def plan_slots(prog: Program, overlap: bool = False) -> SlotPlan:
     slot_of: dict[str, int] = {}
     order: list[str] = []
 
-    def shape_bytes(t: str, esz: int) -> tuple[int, int]:
-        c, h, w = prog.tensors[t]
-        return (h + 2) * (w + 2) * c * esz, (w + 2) * c * esz
-
-    def layout(esz: int, top: int | None) -> tuple[dict[str, int], int] | None:
+    def layout(esz_of, top: int | None) -> tuple[dict[str, int], int] | None:
         """First fit from offset 0 up (top None), or highest fit below ``top`` (None if it fails)."""
         off: dict[str, int] = {}
         size: dict[str, int] = {}
@@ -93,17 +93,20 @@ def plan_slots(prog: Program, overlap: bool = False) -> SlotPlan:
                 raise _NoFit
             live.add(t)
 
-        def place_output(t: str, i: int, step: ConvStep) -> None:
+        def nbytes(t: str) -> int:
             c, h, w = prog.tensors[t]
-            nbytes = (h + 2) * (w + 2) * c * esz
-            if overlap and last_use.get(step.src) == i and step.src != step.res_src:
-                ci, _, wi = prog.tensors[step.src]
-                place(t, nbytes, step.src, lag_bytes(step, (w + 2) * c * esz, (wi + 2) * ci * esz))
-            else:
-                place(t, nbytes)
+            return (h + 2) * (w + 2) * c * esz_of(t)
 
-        cx, hx, wx = prog.tensors["x"]
-        place("x", (hx + 2) * (wx + 2) * cx * esz)
+        def place_output(t: str, i: int, step: ConvStep) -> None:
+            if overlap and last_use.get(step.src) == i and step.src != step.res_src:
+                c, _, w = prog.tensors[t]
+                ci, _, wi = prog.tensors[step.src]
+                place(t, nbytes(t), step.src,
+                      lag_bytes(step, (w + 2) * c * esz_of(t), (wi + 2) * ci * esz_of(step.src)))
+            else:
+                place(t, nbytes(t))
+
+        place("x", nbytes("x"))
         for i, step in enumerate(prog.steps):
             if step.epilogue == "head":
                 place("@head", step.out_hw[0] * step.out_hw[1] * prog.num_classes * 4)
@@ -115,8 +118,7 @@ def plan_slots(prog: Program, overlap: bool = False) -> SlotPlan:
                     off[step.out], size[step.out] = off[step.res_src], size[step.res_src]
                     live.add(step.out)
                 elif step.out:
-                    c, h, w = prog.tensors[step.out]
-                    place(step.out, (h + 2) * (w + 2) * c * esz)
+                    place(step.out, nbytes(step.out))
                 place_output(step.act_out, i, step)
             outs = {step.out, step.act_out}
             for u in list(live):                              # inputs whose last reader was this step
@@ -125,23 +127,26 @@ def plan_slots(prog: Program, overlap: bool = False) -> SlotPlan:
         total = max(off[t] + size[t] for t in off)
         return off, -(-total // ALIGN) * ALIGN
 
-    def best(esz: int) -> tuple[dict[str, int], int]:
+    def best(esz_of) -> tuple[dict[str, int], int]:
         """The smaller of first fit and the smallest arena highest fit manages (bisection on its size)."""
-        plan = layout(esz, None)
+        plan = layout(esz_of, None)
         lo, hi = 0, plan[1]
         while hi - lo > ALIGN:
             mid = (lo + hi) // 2 // ALIGN * ALIGN
             try:
-                got = layout(esz, mid)
+                got = layout(esz_of, mid)
                 plan, hi = (got, got[1]) if got[1] < plan[1] else (plan, mid)
             except _NoFit:
                 lo = mid
         return plan
 
-    off_f, total_f = best(4)
-    off_i, total_i = best(2)
+    bytes_ = set(byte_tensors(prog))
+    off_f, total_f = best(lambda t: 4)
+    off_i, total_i = best(lambda t: 2)
+    off_8, total_8 = best(lambda t: 1 if t in bytes_ else 2)
     order = [t for t in off_f if t != "@head"]
     slot_of = {t: k for k, t in enumerate(order)}
     return SlotPlan(slot_of=slot_of, offsets_f=[off_f[t] for t in order] + [off_f["@head"]],
                     offsets_i=[off_i[t] for t in order] + [off_i["@head"]], total_f=total_f, total_i=total_i,
-                    head_slot=len(order), overlap=overlap)
+                    head_slot=len(order), overlap=overlap,
+                    offsets_8=[off_8[t] for t in order] + [off_8["@head"]], total_8=total_8)

@@ -21,7 +21,7 @@ TAP_BYTES = NCO // 8
 ARENA_ALIGN = 16
 SLOT_ALIGN = 64
 
-MODES = {"float": 0, "int": 1}
+MODES = {"float": 0, "int": 1, "int8": 2}
 # The exported project's description (model id, config, arena sizes, scales): export_c writes it; the
 # binding, `onebit export` (to recognise a previous export) and the benchmark read it.
 EXPORT_INFO = "onebit_model.json"
@@ -38,7 +38,7 @@ ERRORS = (
     ErrorCode("ONEBIT_OK", 0, "success"),
     ErrorCode("ONEBIT_EARENA", -1, f"arena too small, or not {ARENA_ALIGN}-byte aligned"),
     ErrorCode("ONEBIT_EARGS", -2, "bad mode, count or pointer"),
-    ErrorCode("ONEBIT_ENOINT", -3, "exported without integer mode (no calibration)"),
+    ErrorCode("ONEBIT_ENOINT", -3, "exported without this integer mode (no calibration)"),
     ErrorCode("ONEBIT_ETHREAD", -4, "a worker thread could not be started"),
 )
 ERROR_MEANING = {e.value: e.meaning for e in ERRORS}
@@ -71,6 +71,11 @@ LAYER_FIELDS = (
     ((("const int32_t *", ("q_act_m", "q_act_b")), ("int", ("q_act_sh",))), "affine_relu, per channel"),
     ((("int32_t", ("q_res_m",)), ("int", ("q_res_sh",))), "identity shortcut: R_prev scale -> R scale"),
     ((("const int32_t *", ("q_pool_m",)), ("int", ("q_pool_sh",))), "pool: by real-pixel count 0..9"),
+    ((("const int32_t *", ("q8_zw",)),), "int8 mode: z_src * sum of the signs, per output channel (block-padded)"),
+    ((("int32_t", ("q8_m",)), ("int", ("q8_sh",))), "int8 mode: acc -> T (srelu) or acc -> R"),
+    ((("int32_t", ("q8_z",)),), "int8 mode: zero code of the byte output (T or A)"),
+    ((("int32_t", ("q8_a_m",)), ("int", ("q8_a_sh",))), "int8 mode, srelu after R: R -> A"),
+    ((("const int32_t *", ("q8_act_m", "q8_act_b")), ("int", ("q8_act_sh",))), "int8 mode, affine_relu, per channel"),
 )
 
 

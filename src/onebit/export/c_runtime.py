@@ -29,13 +29,15 @@ from onebit.export.arena import plan_slots
 from onebit.export.c_contract import EXPORT_INFO
 from onebit.export.c_emit import classes_header, config_header, model_header
 from onebit.export.c_program import lower, model_fingerprint
-from onebit.export.fixed_point import calibrate
+from onebit.export.fixed_point import calibrate, measure_ranges
+from onebit.export.int8 import calibrate_int8
 from onebit.export.targets import HOST, get_target
 from onebit.nn import unwrap
 
 TEMPLATES = Path(__file__).parents[1] / "csrc"      # the hand-written C runtime (src/onebit/csrc/)
 STATIC_FILES = ("onebit.h", "onebit_internal.h", "onebit.c", "ob_kernels_portable.h", "ob_kernels_avx2.h",
-                "ob_kernels_avx512.h", "ob_kernels_neon.h", "ob_kernels_dsp.h", "ob_output_step.h", "onebit_demo.c",
+                "ob_kernels_avx512.h", "ob_kernels_neon.h", "ob_kernels_dsp.h", "ob_kernels8_portable.h",
+                "ob_output_step.h", "onebit_demo.c",
                 "Makefile", "README.txt")
 # bare-metal targets (Cortex-M): reset code, linker scripts, semihosting harness, `make firmware`
 BARE_METAL_FILES = ("cortex-m/firmware.mk", "cortex-m/onebit_mcu.c", "cortex-m/startup_cortexm.c",
@@ -61,8 +63,9 @@ def export_c(model, out_dir: Path, *, image_size: int = 32, calibration_images=N
     ``arena_overlap`` (default: on for bare-metal targets): the smaller arena plan in which outputs
     overwrite consumed input rows; such a build runs one thread per image (see :func:`plan_slots`).
 
-    ``calibration_images`` (uint8 NCHW, e.g. a few hundred training images): enables the integer mode,
-    with scales chosen on the first ``calibration_count`` of them; without it only float mode is built.
+    ``calibration_images`` (uint8 NCHW, e.g. a few hundred training images): enables the integer modes
+    (int16 and, where every convolution has a multiple of 4 input channels, 8-bit activations), with
+    scales chosen on the first ``calibration_count`` of them; without it only float mode is built.
     ``class_names``: baked into onebit_classes.h so that onebit_demo prints names (else indices only).
     Refuses (ConfigError) models with 32-bit layers: the runtime computes from packed bits only.
     """
@@ -74,13 +77,16 @@ def export_c(model, out_dir: Path, *, image_size: int = 32, calibration_images=N
     prog = lower(model, image_size)
     if any(s.cin_p % 2 for s in prog.steps):
         raise ConfigError("the C runtime needs an even number of channels into every convolution")
-    qp = None
+    qp = q8 = None
     if calibration_images is not None:
         images = torch.as_tensor(np.asarray(calibration_images))[:calibration_count]
         if images.ndim != 4 or tuple(images.shape[1:]) != (prog.in_c, *prog.in_hw):
             raise ConfigError(f"calibration images must be (N, {prog.in_c}, {prog.in_hw[0]}, {prog.in_hw[1]}), "
                               f"got {tuple(images.shape)}")
-        qp = calibrate(prog, images)
+        ranges = measure_ranges(prog, images)
+        qp = calibrate(prog, ranges=ranges)
+        if all(s.cin_p % 4 == 0 for s in prog.steps):
+            q8 = calibrate_int8(prog, ranges, qp)
     plan = plan_slots(prog, overlap=tgt.bare_metal if arena_overlap is None else arena_overlap)
     model_id = model_fingerprint(model)
     name = model.config.name
@@ -89,8 +95,8 @@ def export_c(model, out_dir: Path, *, image_size: int = 32, calibration_images=N
         for fname in STATIC_FILES:
             shutil.copyfile(TEMPLATES / fname, out_dir / fname)
         (out_dir / "onebit_contract.h").write_text(c_contract.contract_header())
-        (out_dir / "onebit_config.h").write_text(config_header(prog, plan, qp, model_id, name))
-        (out_dir / "onebit_model.h").write_text(model_header(prog, plan, qp))
+        (out_dir / "onebit_config.h").write_text(config_header(prog, plan, qp, model_id, name, q8))
+        (out_dir / "onebit_model.h").write_text(model_header(prog, plan, qp, q8))
         (out_dir / "onebit_target.mk").write_text(tgt.makefile_fragment())
         if tgt.bare_metal:
             _write_board_files(out_dir, tgt)
@@ -98,8 +104,9 @@ def export_c(model, out_dir: Path, *, image_size: int = 32, calibration_images=N
         meta = {"format": "onebit-c-runtime", "model_id": model_id, "name": name,
                 "config": model.config.to_dict(), "image_size": image_size, "target": tgt.name, "macs": prog.macs(),
                 "weights": prog.weight_count(), "arena_bytes_float": plan.total_f,
-                "arena_bytes_int": plan.total_i, "arena_overlap": plan.overlap,
-                "qparams": qp.to_dict() if qp is not None else None,
+                "arena_bytes_int": plan.total_i, "arena_bytes_int8": plan.total_8 if q8 is not None else None,
+                "arena_overlap": plan.overlap, "qparams": qp.to_dict() if qp is not None else None,
+                "q8params": q8.to_dict() if q8 is not None else None,
                 "class_names": list(class_names) if class_names else None}
         (out_dir / EXPORT_INFO).write_text(json.dumps(meta, indent=1))
     except OSError as exc:

@@ -101,14 +101,26 @@ def _scale_name(prog: Program, tensor: str) -> str:
     return tensor
 
 
-def calibrate(prog: Program, images: torch.Tensor | np.ndarray, batch_size: int = 64) -> QParams:
-    """Choose every scale from the ranges seen on ``images`` (uint8 NCHW), and derive the multipliers."""
+def measure_ranges(prog: Program, images: torch.Tensor | np.ndarray, batch_size: int = 64) -> dict[str, float]:
+    """The largest ``|t|`` of every tensor of ``prog`` over ``images`` (uint8 NCHW, float32 evaluation)."""
     images = torch.as_tensor(np.asarray(images))
     if images.ndim != 4 or images.shape[0] == 0:
         raise ConfigError("calibration needs a non-empty batch of images (N, C, H, W)")
     ranges: dict[str, float] = {}
     for i in range(0, len(images), batch_size):
         run_program(prog, images[i:i + batch_size], ranges)
+    ranges["@images"] = float(len(images))
+    return ranges
+
+
+def calibrate(prog: Program, images: torch.Tensor | np.ndarray | None = None, batch_size: int = 64,
+              ranges: dict[str, float] | None = None) -> QParams:
+    """Choose every scale from the ranges seen on ``images`` (uint8 NCHW) or from ``ranges``
+    (:func:`measure_ranges`), and derive the multipliers."""
+    if ranges is None:
+        ranges = measure_ranges(prog, images, batch_size)
+    ranges = dict(ranges)
+    n_images = int(ranges.pop("@images", 0))
     frac = {name: frac_bits(v) for name, v in ranges.items() if name != "logits"}
     for step in prog.steps:                  # aliased shifted-ReLU tensors: the scale of their input
         if step.epilogue == "res":
@@ -173,7 +185,7 @@ def calibrate(prog: Program, images: torch.Tensor | np.ndarray, batch_size: int 
         q = np.clip(np.floor(v / s["x"] + 0.5), -QMAX, QMAX).astype(np.int64)
         lut.append(q.tolist())
     return QParams(frac=frac, logit_frac=logit_frac, layers=layers, in_lut=lut, head_m=head_m,
-                   head_b=head_b, head_sh=head_sh, calibration_images=int(len(images)))
+                   head_b=head_b, head_sh=head_sh, calibration_images=n_images)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -239,5 +251,5 @@ def run_program_int(prog: Program, qp: QParams, images: torch.Tensor | np.ndarra
     return logits
 
 
-__all__ = ["QParams", "LayerQ", "calibrate", "run_program_int", "frac_bits",
+__all__ = ["QParams", "LayerQ", "calibrate", "measure_ranges", "run_program_int", "frac_bits",
            "multiplier", "rq", "sat16"]

@@ -35,7 +35,7 @@ from onebit.export.c_program import model_fingerprint
 from onebit.export.c_runtime import STATIC_FILES, TEMPLATES, export_c, read_export_info
 
 MODES = c_contract.MODES
-FLOAT, INT = MODES["float"], MODES["int"]
+FLOAT, INT, INT8 = MODES["float"], MODES["int"], MODES["int8"]
 
 def cache_root() -> Path:
     return cache_dir("c_runtime")
@@ -140,6 +140,7 @@ class CRuntime:
             raise OnebitError(f"cannot load the C runtime in {self.lib_dir}: {exc}") from None
         lib.onebit_model_id.restype = ctypes.c_char_p
         lib.onebit_kernel_name.restype = ctypes.c_char_p
+        lib.onebit_kernel8_name.restype = ctypes.c_char_p
         lib.onebit_arena_bytes.restype = ctypes.c_size_t
         lib.onebit_arena_bytes.argtypes = [ctypes.c_int]
         lib.onebit_input_bytes.restype = ctypes.c_size_t
@@ -154,6 +155,8 @@ class CRuntime:
         self.num_classes = lib.onebit_num_classes()
         self.input_bytes = lib.onebit_input_bytes()
         self.has_int = bool(lib.onebit_has_int())
+        self.has_int8 = bool(lib.onebit_has_int8())
+        self.kernels8 = lib.onebit_kernel8_name().decode()
         self.max_threads = lib.onebit_max_threads()
         self._arenas: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
 
@@ -190,16 +193,18 @@ class CRuntime:
             return_int: bool = False, progress: bool | None = False):
         """Logits (float32, N x classes) of ``images`` (uint8 N x C x H x W, raw pixels).
 
-        ``mode``: 'float' or 'int'. With ``return_int`` (int mode) also the integer logits (int32).
+        ``mode``: 'float', 'int' (int16) or 'int8' (8-bit activations). With ``return_int`` (integer
+        modes) also the integer logits (int32).
         ``progress``: a bar over the batches on stderr (None: only when stderr is a terminal).
         """
         from tqdm.auto import tqdm
 
         if mode not in MODES:
-            raise ConfigError(f"mode must be 'float' or 'int', got {mode!r}")
-        if mode == "int" and not self.has_int:
-            raise ConfigError(f"the C runtime {self.name} was exported without the integer mode "
-                              f"(export with calibration images, e.g. `--calibrate 256`)")
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if (mode == "int" and not self.has_int) or (mode == "int8" and not self.has_int8):
+            raise ConfigError(f"the C runtime {self.name} was exported without the {mode} mode "
+                              f"(export with calibration images, e.g. `--calibrate 256`"
+                              f"{'; the 8-bit mode needs a multiple of 4 channels into every convolution' if mode == 'int8' else ''})")
         if isinstance(images, torch.Tensor):
             images = images.numpy()
         images = np.asarray(images)

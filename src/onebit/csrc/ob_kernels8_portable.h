@@ -1,0 +1,30 @@
+/* onebit C runtime: the 8-bit mode's portable C99 convolution kernel (the reference for the SIMD ones).
+ *
+ * For `mr` output pixels of one row and the 32 output channels of one block:
+ * acc[p][j] = sum over (ky, kx, ci) of s * u, u the stored byte (0..255), s = +1 if the weight bit is set
+ * else -1, computed as 2 P - S with P = the sum of the bytes whose bit is set and S = the sum of all:
+ * additions only. The zero code's share (z * sum of the signs) is removed by the output step. Integer
+ * sums are exact in any order, so every 8-bit kernel gives these sums bit for bit. Pixel p's window
+ * starts at x + p * pix. Kernel headers with their own 8-bit kernel define OB_HAVE_K8 and ob_k8.
+ */
+static void ob_k8_portable(const uint8_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
+                           int mr, int32_t *acc)
+{
+    int p, j, ky, kx, ci;
+    for (p = 0; p < mr; p++) {
+        int32_t pos[OB_NCO], tot = 0;
+        for (j = 0; j < OB_NCO; j++) pos[j] = 0;
+        for (ky = 0; ky < k; ky++)
+            for (kx = 0; kx < k; kx++) {
+                const uint8_t *xr = x + ky * row + (ptrdiff_t)kx * cin + p * pix;
+                const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * OB_TAP_BYTES;
+                for (ci = 0; ci < cin; ci++) {
+                    const int32_t v = xr[ci];
+                    const uint8_t *b = wr + OB_TAP_BYTES * ci;
+                    tot += v;
+                    for (j = 0; j < OB_NCO; j++) pos[j] += v & -(int32_t)((b[j >> 3] >> (j & 7)) & 1);
+                }
+            }
+        for (j = 0; j < OB_NCO; j++) acc[p * OB_NCO + j] = 2 * pos[j] - tot;
+    }
+}
