@@ -5,10 +5,11 @@
  * else -1, computed as 2 P - S with P = the sum of the bytes whose bit is set and S = the sum of all:
  * additions only. The zero code's share (z * sum of the signs) is removed by the output step. Integer
  * sums are exact in any order, so every 8-bit kernel gives these sums bit for bit. Pixel p's window
- * starts at x + p * pix. Kernel headers with their own 8-bit kernel define OB_HAVE_K8 and ob_k8.
+ * starts at x + p * pix. Only the first `nco` channels are needed (a kernel may skip the others: the
+ * padding of a 16-channel layer). Kernel headers with their own 8-bit kernel define OB_HAVE_K8 and ob_k8.
  */
 static void ob_k8_portable(const uint8_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
-                           int mr, int32_t *acc)
+                           int mr, int nco, int32_t *acc)
 {
     int p, j, ky, kx, ci;
     for (p = 0; p < mr; p++) {
@@ -22,9 +23,9 @@ static void ob_k8_portable(const uint8_t *x, ptrdiff_t pix, ptrdiff_t row, int c
                     const int32_t v = xr[ci];
                     const uint8_t *b = wr + OB_TAP_BYTES * ci;
                     tot += v;
-                    for (j = 0; j < OB_NCO; j++) pos[j] += v & -(int32_t)((b[j >> 3] >> (j & 7)) & 1);
+                    for (j = 0; j < nco; j++) pos[j] += v & -(int32_t)((b[j >> 3] >> (j & 7)) & 1);
                 }
             }
-        for (j = 0; j < OB_NCO; j++) acc[p * OB_NCO + j] = 2 * pos[j] - tot;
+        for (j = 0; j < nco; j++) acc[p * OB_NCO + j] = 2 * pos[j] - tot;
     }
 }

@@ -171,6 +171,21 @@ static void ob_q_store16(int16_t *p, ob_qv a)
     _mm_storeu_si128((__m128i *)(p + 8), _mm512_cvtepi64_epi16(a.hi));
 }
 
+static ob_qv ob_q_sub(ob_qv a, ob_qv b)
+{
+    a.lo = _mm512_sub_epi64(a.lo, b.lo);
+    a.hi = _mm512_sub_epi64(a.hi, b.hi);
+    return a;
+}
+
+/* clamp to 0..255, store 16 bytes */
+static void ob_q_store8(uint8_t *p, ob_qv a)
+{
+    const __m512i lo = _mm512_setzero_si512(), hi = _mm512_set1_epi64(255);
+    _mm_storel_epi64((__m128i *)p, _mm512_cvtepi64_epi8(_mm512_min_epi64(_mm512_max_epi64(a.lo, lo), hi)));
+    _mm_storel_epi64((__m128i *)(p + 8), _mm512_cvtepi64_epi8(_mm512_min_epi64(_mm512_max_epi64(a.hi, lo), hi)));
+}
+
 #if defined(__AVX512VNNI__)
 #define OB_DP(A, V, W) A = _mm512_dpwssd_epi32(A, V, W)
 #else
@@ -221,4 +236,125 @@ static void ob_ki(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k
         memcpy(acc, tmp, (size_t)mr * sizeof tmp[0]);
     }
 }
+#endif
+
+#if ONEBIT_HAS_INT8
+/* 8-bit mode: acc[p][j] = sum s * u (ob_kernels8_portable.h) with vpdpbusd (AVX512-VNNI; else vpmaddubsw +
+ * vpmaddwd), which adds four u8 x s8 products into each int32 lane. Lane j of a vector is output j, its
+ * four bytes are input channels ci..ci+3: the weights of 16 outputs x 4 input channels are the bytes
+ * 4j + c = +-1. They are built from the four 32-bit sign words of ci..ci+3 either by a masked blend of
+ * the words as 64 byte lanes and a byte permutation (AVX512-VBMI vpermt2b), or by scattering the bits into
+ * that order (BMI2 pdep) and one masked blend. The four bytes u[ci..ci+3] of a pixel are broadcast to all
+ * lanes. 8 pixels x 32 outputs: 16 accumulators; with nco <= 16 (a 16-channel layer's block) the upper
+ * half is not computed. Needs cin % 4 == 0 (the export's condition for the 8-bit mode). */
+#define OB_HAVE_K8
+#if defined(__AVX512VNNI__)
+#define OB_KERNEL8_NAME "avx512-vnni"
+#define OB_DP8(A, V, W) A = _mm512_dpbusd_epi32(A, V, W)
+#else
+#define OB_KERNEL8_NAME "avx512"
+#define OB_DP8(A, V, W) A = _mm512_add_epi32(A, _mm512_madd_epi16(_mm512_maddubs_epi16(V, W), ones16))
+#endif
+
+/* +-1 bytes of outputs 0..15 (lo) and 16..31 (hi) x input channels ci..ci+3 from their sign words wr[0..15] */
+#if defined(__AVX512VBMI__)
+static inline void ob_w8(const uint8_t *wr, __m512i pos, __m512i neg, __m512i idx_lo, __m512i idx_hi,
+                         __m512i *lo, __m512i *hi)
+{
+    uint64_t m01, m23;
+    __m512i a, b;
+    memcpy(&m01, wr, 8);                 /* bytes 0..31: channel ci, 32..63: ci+1 (output j at byte j) */
+    memcpy(&m23, wr + 8, 8);
+    a = _mm512_mask_blend_epi8((__mmask64)m01, neg, pos);
+    b = _mm512_mask_blend_epi8((__mmask64)m23, neg, pos);
+    *lo = _mm512_permutex2var_epi8(a, idx_lo, b);
+    *hi = _mm512_permutex2var_epi8(a, idx_hi, b);
+}
+#define OB_W8(wr, lo, hi) ob_w8(wr, pos, neg, idx_lo, idx_hi, lo, hi)
+#else
+static inline __mmask64 ob_w8_mask(const uint8_t *wr, int shift)
+{
+    uint64_t m = 0;
+    int c;
+    for (c = 0; c < 4; c++) {
+        uint32_t word;
+        memcpy(&word, wr + 4 * c, 4);
+#if defined(__BMI2__)
+        m |= _pdep_u64((uint64_t)((word >> shift) & 0xFFFFu), 0x1111111111111111ULL << c);
+#else
+        {
+            int j;
+            for (j = 0; j < 16; j++) m |= (uint64_t)((word >> (shift + j)) & 1u) << (4 * j + c);
+        }
+#endif
+    }
+    return (__mmask64)m;
+}
+#define OB_W8(wr, lo, hi) (*(lo) = _mm512_mask_blend_epi8(ob_w8_mask(wr, 0), neg, pos), \
+                           *(hi) = _mm512_mask_blend_epi8(ob_w8_mask(wr, 16), neg, pos))
+#endif
+
+static void ob_k8(const uint8_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
+                  int mr, int nco, int32_t *acc)
+{
+    const __m512i pos = _mm512_set1_epi8(1), neg = _mm512_set1_epi8(-1);
+#if defined(__AVX512VBMI__)
+    /* byte 4j + c of lo takes byte j of channel c (a: c = 0, 1 at 32c + j; b: c = 2, 3 at 64 + 32(c-2) + j) */
+    const __m512i idx_lo = _mm512_set_epi32(
+        0x6f4f2f0f, 0x6e4e2e0e, 0x6d4d2d0d, 0x6c4c2c0c, 0x6b4b2b0b, 0x6a4a2a0a, 0x69492909, 0x68482808,
+        0x67472707, 0x66462606, 0x65452505, 0x64442404, 0x63432303, 0x62422202, 0x61412101, 0x60402000);
+    const __m512i idx_hi = _mm512_add_epi8(idx_lo, _mm512_set1_epi8(16));
+#endif
+#if !defined(__AVX512VNNI__)
+    const __m512i ones16 = _mm512_set1_epi16(1);
+#endif
+    __m512i a00 = _mm512_setzero_si512(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00;
+    __m512i a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00, a60 = a00, a61 = a00;
+    __m512i a70 = a00, a71 = a00;
+    ptrdiff_t o[8];
+    int ky, kx, ci, p;
+    for (p = 0; p < 8; p++) o[p] = (p < mr ? p : mr - 1) * pix;
+    for (ky = 0; ky < k; ky++) {
+        for (kx = 0; kx < k; kx++) {
+            const uint8_t *b = x + ky * row + (ptrdiff_t)kx * cin;
+            const uint8_t *b0 = b + o[0], *b1 = b + o[1], *b2 = b + o[2], *b3 = b + o[3];
+            const uint8_t *b4 = b + o[4], *b5 = b + o[5], *b6 = b + o[6], *b7 = b + o[7];
+            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * OB_TAP_BYTES;
+            int32_t q;
+            __m512i w0, w1, v;
+#define OB_BC(bp) (memcpy(&q, (bp) + ci, 4), v = _mm512_set1_epi32(q))
+            if (nco > 16) {
+                for (ci = 0; ci < cin; ci += 4) {
+                    OB_W8(wr + OB_TAP_BYTES * ci, &w0, &w1);
+#define OB_STEP(bp, A0, A1) OB_BC(bp); OB_DP8(A0, v, w0); OB_DP8(A1, v, w1);
+                    OB_STEP(b0, a00, a01) OB_STEP(b1, a10, a11) OB_STEP(b2, a20, a21) OB_STEP(b3, a30, a31)
+                    OB_STEP(b4, a40, a41) OB_STEP(b5, a50, a51) OB_STEP(b6, a60, a61) OB_STEP(b7, a70, a71)
+#undef OB_STEP
+                }
+            } else {
+                for (ci = 0; ci < cin; ci += 4) {
+                    OB_W8(wr + OB_TAP_BYTES * ci, &w0, &w1);
+#define OB_STEP(bp, A0) OB_BC(bp); OB_DP8(A0, v, w0);
+                    OB_STEP(b0, a00) OB_STEP(b1, a10) OB_STEP(b2, a20) OB_STEP(b3, a30)
+                    OB_STEP(b4, a40) OB_STEP(b5, a50) OB_STEP(b6, a60) OB_STEP(b7, a70)
+#undef OB_STEP
+                }
+            }
+#undef OB_BC
+        }
+    }
+    {
+        int32_t tmp[8][OB_NCO];
+        _mm512_storeu_si512(tmp[0], a00); _mm512_storeu_si512(tmp[0] + 16, a01);
+        _mm512_storeu_si512(tmp[1], a10); _mm512_storeu_si512(tmp[1] + 16, a11);
+        _mm512_storeu_si512(tmp[2], a20); _mm512_storeu_si512(tmp[2] + 16, a21);
+        _mm512_storeu_si512(tmp[3], a30); _mm512_storeu_si512(tmp[3] + 16, a31);
+        _mm512_storeu_si512(tmp[4], a40); _mm512_storeu_si512(tmp[4] + 16, a41);
+        _mm512_storeu_si512(tmp[5], a50); _mm512_storeu_si512(tmp[5] + 16, a51);
+        _mm512_storeu_si512(tmp[6], a60); _mm512_storeu_si512(tmp[6] + 16, a61);
+        _mm512_storeu_si512(tmp[7], a70); _mm512_storeu_si512(tmp[7] + 16, a71);
+        memcpy(acc, tmp, (size_t)mr * sizeof tmp[0]);
+    }
+}
+#define OB_MR8 8
 #endif

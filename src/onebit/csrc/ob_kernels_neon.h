@@ -171,6 +171,28 @@ static void ob_q_store16(int16_t *p, ob_qv a)
     vst1q_s16(p, vcombine_s16(vmovn_s32(lo), vmovn_s32(hi)));
 }
 
+static ob_qv ob_q_sub(ob_qv a, ob_qv b)
+{
+    int i;
+    for (i = 0; i < 4; i++) a.v[i] = vsubq_s64(a.v[i], b.v[i]);
+    return a;
+}
+
+/* clamp to 0..255, store 8 bytes */
+static void ob_q_store8(uint8_t *p, ob_qv a)
+{
+    const int64x2_t lo = vdupq_n_s64(0), hi = vdupq_n_s64(255);
+    int32x4_t h0, h1;
+    int i;
+    for (i = 0; i < 4; i++) {
+        a.v[i] = vbslq_s64(vcgtq_s64(a.v[i], lo), a.v[i], lo);
+        a.v[i] = vbslq_s64(vcgtq_s64(a.v[i], hi), hi, a.v[i]);
+    }
+    h0 = vcombine_s32(vmovn_s64(a.v[0]), vmovn_s64(a.v[1]));
+    h1 = vcombine_s32(vmovn_s64(a.v[2]), vmovn_s64(a.v[3]));
+    vst1_u8(p, vmovn_u16(vreinterpretq_u16_s16(vcombine_s16(vmovn_s32(h0), vmovn_s32(h1)))));
+}
+
 static void ob_ki16(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
                     int half, int mr, int32_t *acc)
 {

@@ -37,12 +37,10 @@
 #else
 #include "ob_kernels_portable.h"
 #endif
-#if ONEBIT_HAS_INT8
+#if ONEBIT_HAS_INT8 && !defined(OB_HAVE_K8)
 #include "ob_kernels8_portable.h"
-#if !defined(OB_HAVE_K8)
 #define ob_k8 ob_k8_portable
 #define OB_KERNEL8_NAME "portable"
-#endif
 #endif
 #if !defined(OB_MR8)
 #define OB_MR8 OB_MR                    /* pixels per tile of the 8-bit kernel */
@@ -345,63 +343,64 @@ static void ob_head_q(const unsigned char *arena, float *logits, int32_t *lq)
 #endif
 static uint8_t ob_byte(int64_t v) { return (uint8_t)(v > 255 ? 255 : (v < 0 ? 0 : v)); }
 
+/* the 8-bit output step (ob_output_step8.h) on one channel */
+#define OS_NAME ob_out8_1
+#define OS_V int64_t
+#define os_acc(p) ((int64_t)*(p))
+#define os_sub(a, b) ((a) - (b))
+#define os_add(a, b) ((a) + (b))
+#define os_set1(x) ((int64_t)(x))
+#define os_rq(v, m, sh) ob_rq(v, m, sh)
+#define os_affine(v, mp, bp, sh) (ob_rq(v, *(mp), sh) + *(bp))
+#define os_sat(v) ob_sat_q(v)
+#define os_load16(p) ((int64_t)*(p))
+#define os_store16(p, v) (*(p) = (int16_t)(v))
+#define os_store8(p, v) (*(p) = ob_byte(v))
+#include "ob_output_step8.h"
+
+#if defined(OB_QW)
+/* ... and on OB_QW channels with the kernel's vector int64 operations (ob_q*) */
+#define OS_NAME ob_out8_v
+#define OS_V ob_qv
+#define os_acc(p) ob_q_acc(p)
+#define os_sub(a, b) ob_q_sub(a, b)
+#define os_add(a, b) ob_q_add(a, b)
+#define os_set1(x) ob_q_set1(x)
+#define os_rq(v, m, sh) ob_q_rq(v, m, sh)
+#define os_affine(v, mp, bp, sh) ob_q_affine(v, mp, bp, sh)
+#define os_sat(v) ob_q_sat(v)
+#define os_load16(p) ob_q_load16(p)
+#define os_store16(p, v) ob_q_store16(p, v)
+#define os_store8(p, v) ob_q_store8(p, v)
+#include "ob_output_step8.h"
+#endif
+
 static void ob_epi_8(const ob_layer *L, unsigned char *arena, int oy, int ox0, int mr, int co0, int nco,
                      const int32_t *acc)
 {
+    uint8_t *dst8 = L->epi == OB_EPI_ACT ? OB_U8(arena, L->dst) : NULL;
+    int16_t *dst = L->epi == OB_EPI_RES && L->dst >= 0 ? OB_R8(arena, L->dst) : NULL;
+    uint8_t *adst = L->act_dst >= 0 ? OB_U8(arena, L->act_dst) : NULL;
+    const int16_t *res = L->res_src >= 0 ? OB_R8(arena, L->res_src) : NULL;
     int32_t *head = (int32_t *)(arena + ob_slot_8[ONEBIT_HEAD_SLOT]);
-    const int32_t *zw = L->q8_zw + co0;
     int p, j;
-    if (L->epi == OB_EPI_HEAD) {            /* the accumulators; ob_head_8 scales the sums */
-        for (p = 0; p < mr; p++)
+    for (p = 0; p < mr; p++) {
+        const int ox = ox0 + p;
+        const int32_t *a = acc + p * OB_NCO;
+        const size_t o = ((size_t)(oy + 1) * ((size_t)L->ow + 2) + (size_t)ox + 1) * (size_t)L->cout;
+        if (L->epi == OB_EPI_HEAD) {       /* acc = acc' - zw; ob_head_8 scales the sums */
             for (j = 0; j < nco; j++)
-                head[((size_t)oy * (size_t)L->ow + (size_t)(ox0 + p)) * ONEBIT_NUM_CLASSES + (size_t)(co0 + j)] =
-                    acc[p * OB_NCO + j] - zw[j];
-        return;
-    }
-    if (L->epi == OB_EPI_ACT) {             /* T = act(acc): a byte */
-        uint8_t *dst = OB_U8(arena, L->dst);
-        for (p = 0; p < mr; p++) {
-            const size_t o = ((size_t)(oy + 1) * ((size_t)L->ow + 2) + (size_t)(ox0 + p) + 1) * (size_t)L->cout +
-                             (size_t)co0;
-            const int32_t *a = acc + p * OB_NCO;
-            if (L->act == OB_ACT_SRELU)
-                for (j = 0; j < nco; j++) dst[o + j] = ob_byte(ob_rq(a[j] - zw[j], L->q8_m, L->q8_sh) + L->q8_z);
-            else
-                for (j = 0; j < nco; j++)
-                    dst[o + j] = ob_byte(ob_rq(a[j] - zw[j], L->q8_act_m[co0 + j], L->q8_act_sh) + L->q8_act_b[co0 + j]);
+                head[((size_t)oy * (size_t)L->ow + (size_t)ox) * ONEBIT_NUM_CLASSES + (size_t)(co0 + j)] =
+                    a[j] - L->q8_zw[co0 + j];
+            continue;
         }
-        return;
-    }
-    {                                       /* R = sat(rq(acc) + shortcut(R_prev)) int16, A = act(R) a byte */
-        int16_t *dst = L->dst >= 0 ? OB_R8(arena, L->dst) : NULL;
-        const int16_t *res = L->res_src >= 0 ? OB_R8(arena, L->res_src) : NULL;
-        uint8_t *adst = OB_U8(arena, L->act_dst);
-        for (p = 0; p < mr; p++) {
-            const int ox = ox0 + p;
-            const size_t o = ((size_t)(oy + 1) * ((size_t)L->ow + 2) + (size_t)ox + 1) * (size_t)L->cout;
-            const int32_t *a = acc + p * OB_NCO;
-            int y0 = 0, x0 = 0, count = 0;
-            if (L->res == OB_RES_POOL) count = ob_pool_window(L, oy, ox, &y0, &x0);
-            for (j = 0; j < nco; j++) {
-                const int co = co0 + j;
-                int64_t v = ob_rq(a[j] - zw[j], L->q8_m, L->q8_sh);
-                if (L->res == OB_RES_IDENTITY) {
-                    v += ob_rq(res[o + (size_t)co], L->q_res_m, L->q_res_sh);
-                } else if (L->res == OB_RES_POOL && co < L->res_c) {
-                    const size_t w2 = (size_t)L->res_w + 2;
-                    int64_t sum = 0;
-                    int dy, dx;
-                    for (dy = 0; dy < 3; dy++)
-                        for (dx = 0; dx < 3; dx++)
-                            sum += res[((size_t)(y0 + dy + 1) * w2 + (size_t)(x0 + dx + 1)) * (size_t)L->res_c + (size_t)co];
-                    v += ob_rq(sum, L->q_pool_m[count], L->q_pool_sh);
-                }
-                v = ob_sat_q(v);
-                if (dst) dst[o + (size_t)co] = (int16_t)v;
-                adst[o + (size_t)co] = L->act == OB_ACT_SRELU ? ob_byte(ob_rq(v, L->q8_a_m, L->q8_a_sh) + L->q8_z)
-                                       : ob_byte(ob_rq(v, L->q8_act_m[co], L->q8_act_sh) + L->q8_act_b[co]);
-            }
+#if defined(OB_QW)
+        if (nco % OB_QW == 0 && !(L->res == OB_RES_POOL && L->res_c % OB_QW)) {
+            for (j = 0; j < nco; j += OB_QW) ob_out8_v(L, dst8, dst, adst, res, o, oy, ox, co0 + j, a + j);
+            continue;
         }
+#endif
+        for (j = 0; j < nco; j++) ob_out8_1(L, dst8, dst, adst, res, o, oy, ox, co0 + j, a + j);
     }
 }
 
@@ -474,7 +473,7 @@ static void ob_layer_run(const ob_layer *L, unsigned char *arena, int mode, long
                 const size_t off = ((size_t)(oy * L->stride - L->pad + 1) * ((size_t)L->iw + 2) +
                                     (size_t)(ox0 * L->stride - L->pad + 1)) * (size_t)L->cin;
                 int32_t acc[OB_MR8 * OB_NCO];
-                ob_k8(OB_U8(arena, L->src) + off, pix, row, L->cin, L->k, w, mr, acc);
+                ob_k8(OB_U8(arena, L->src) + off, pix, row, L->cin, L->k, w, mr, nco, acc);
                 ob_epi_8(L, arena, oy, ox0, mr, co0, nco, acc);
             }
 #endif

@@ -1,13 +1,13 @@
 /* onebit_demo: classify raw images with the onebit C runtime, or time it.
  *
- *   onebit_demo [--int [--raw]] [--threads N] [--labels] [--quiet] [--max N] FILE
- *   onebit_demo [--int] [--threads N] --bench RUNS [--batch B] FILE
+ *   onebit_demo [--int | --int8] [--raw] [--threads N] [--labels] [--quiet] [--max N] FILE
+ *   onebit_demo [--int | --int8] [--threads N] --bench RUNS [--batch B] FILE
  *
  * FILE holds images of ONEBIT_INPUT_BYTES bytes each: uint8 CHW planar, raw pixels (the CIFAR-10
  * binary layout); with --labels each image is preceded by its label byte (CIFAR-10 .bin files).
  * Prints one line per image: index, predicted class, its name (when the export knew the class names,
- * see onebit_classes.h), logits (--raw: the integer mode's int32 logits, whose real value is
- * logit * ONEBIT_LOGIT_SCALE). Numbers on the command line must be plain decimal integers in range.
+ * see onebit_classes.h), logits (--raw: the integer modes' int32 logits, whose real value is
+ * logit * ONEBIT_LOGIT_SCALE). --int: int16 activations; --int8: 8-bit activations. Numbers on the command line must be plain decimal integers in range.
  */
 #define _POSIX_C_SOURCE 200112L
 #include <errno.h>
@@ -42,8 +42,8 @@ static double times[DEMO_MAX_RUNS];
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: onebit_demo [--int [--raw]] [--threads N] [--labels] [--quiet] [--max N] FILE\n"
-            "       onebit_demo [--int] [--threads N] --bench RUNS [--batch B] FILE\n"
+            "usage: onebit_demo [--int | --int8] [--raw] [--threads N] [--labels] [--quiet] [--max N] FILE\n"
+            "       onebit_demo [--int | --int8] [--threads N] --bench RUNS [--batch B] FILE\n"
             "FILE: raw images of %d bytes (uint8 %dx%dx%d CHW, 0..255); --labels: a label byte before each\n",
             ONEBIT_INPUT_BYTES, ONEBIT_IN_C, ONEBIT_IN_H, ONEBIT_IN_W);
 }
@@ -118,7 +118,8 @@ static int bench(int mode, int threads, int runs, int batch, int have)
     qsort(times, (size_t)runs, sizeof times[0], cmp_double);
     printf("latency_ms median %.4f p95 %.4f min %.4f runs %d threads %d kernels %s mode %s\n",
            times[runs / 2], times[(runs * 95 + 99) / 100 - 1], times[0], runs, threads,
-           onebit_kernel_name(), mode == ONEBIT_INT ? "int" : "float");
+           mode == ONEBIT_INT8 ? onebit_kernel8_name() : onebit_kernel_name(),
+           mode == ONEBIT_INT ? "int" : mode == ONEBIT_INT8 ? "int8" : "float");
     if (batch > 0) {
         for (i = have; i < batch; i++) memcpy(images[i], images[i % have], ONEBIT_INPUT_BYTES);
         for (r = 0; r < warm + runs; r++) {
@@ -146,6 +147,7 @@ int main(int argc, char **argv)
     FILE *f;
     for (i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--int")) mode = ONEBIT_INT;
+        else if (!strcmp(argv[i], "--int8")) mode = ONEBIT_INT8;
         else if (!strcmp(argv[i], "--labels")) with_labels = 1;
         else if (!strcmp(argv[i], "--quiet")) quiet = 1;
         else if (!strcmp(argv[i], "--raw")) raw = 1;
@@ -170,8 +172,8 @@ int main(int argc, char **argv)
             fprintf(stderr, "this build supports up to %d threads (build with THREADS=N)\n", onebit_max_threads());
         return 2;
     }
-    if (raw && mode != ONEBIT_INT) {
-        fprintf(stderr, "onebit_demo: --raw prints the integer mode's logits; add --int\n");
+    if (raw && mode == ONEBIT_FLOAT) {
+        fprintf(stderr, "onebit_demo: --raw prints an integer mode's logits; add --int or --int8\n");
         return 2;
     }
     f = fopen(path, "rb");
@@ -211,7 +213,7 @@ int main(int argc, char **argv)
             printf("%ld %d", n, pred);
             if (ONEBIT_HAVE_CLASS_NAMES) printf(" %s", onebit_class_names[pred]);
             for (c = 0; c < ONEBIT_NUM_CLASSES; c++) {
-                if (raw && mode == ONEBIT_INT) printf(" %ld", (long)logits_q[c]);
+                if (raw) printf(" %ld", (long)logits_q[c]);
                 else printf(" %.9g", logits[0][c]);
             }
             printf("\n");

@@ -37,7 +37,7 @@ from onebit.nn import unwrap
 TEMPLATES = Path(__file__).parents[1] / "csrc"      # the hand-written C runtime (src/onebit/csrc/)
 STATIC_FILES = ("onebit.h", "onebit_internal.h", "onebit.c", "ob_kernels_portable.h", "ob_kernels_avx2.h",
                 "ob_kernels_avx512.h", "ob_kernels_neon.h", "ob_kernels_dsp.h", "ob_kernels8_portable.h",
-                "ob_output_step.h", "onebit_demo.c",
+                "ob_output_step.h", "ob_output_step8.h", "onebit_demo.c",
                 "Makefile", "README.txt")
 # bare-metal targets (Cortex-M): reset code, linker scripts, semihosting harness, `make firmware`
 BARE_METAL_FILES = ("cortex-m/firmware.mk", "cortex-m/onebit_mcu.c", "cortex-m/startup_cortexm.c",
