@@ -11,11 +11,15 @@ from onebit.export.arena import lag_bytes, plan_slots
 from onebit.models import ReferenceLayout, WRNConfig, build_model
 
 
-def spans(prog, plan, esz):
-    offsets = plan.offsets_i if esz == 2 else plan.offsets_f
+def spans(prog, plan, mode):
+    """(start, end, row bytes) of every tensor in ``mode`` ('float', 'int' or 'int8': bytes for the
+    convolutions' inputs, int16 for the residual stream)."""
+    offsets = {"float": plan.offsets_f, "int": plan.offsets_i, "int8": plan.offsets_8}[mode]
+    inputs = {st.src for st in prog.steps}
     out = {}
     for t, slot in plan.slot_of.items():
         c, h, w = prog.tensors[t]
+        esz = {"float": 4, "int": 2, "int8": 1 if t in inputs else 2}[mode]
         out[t] = (offsets[slot], offsets[slot] + (h + 2) * (w + 2) * c * esz, (w + 2) * c * esz)
     return out
 
@@ -33,10 +37,12 @@ def test_live_tensors_never_collide(cfg, overlap):
         for t in (st.src, st.res_src):
             if t:
                 last[t] = i
-    for esz, total in ((2, plan.total_i), (4, plan.total_f)):
-        sp = spans(prog, plan, esz)
+    assert plan.total_8 <= plan.total_i <= plan.total_f
+    for mode, total, offsets in (("int", plan.total_i, plan.offsets_i), ("float", plan.total_f, plan.offsets_f),
+                                 ("int8", plan.total_8, plan.offsets_8)):
+        sp = spans(prog, plan, mode)
         assert max(e for _, e, _ in sp.values()) <= total
-        head_off = (plan.offsets_i if esz == 2 else plan.offsets_f)[plan.head_slot]
+        head_off = offsets[plan.head_slot]
         for i, st in enumerate(prog.steps):
             if st.epilogue == "head":                            # partial sums beside the last A
                 lo, hi, _ = sp[st.src]

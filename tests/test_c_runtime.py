@@ -1,5 +1,6 @@
 """The exported C runtime: builds with the system compiler, matches PyTorch on real CIFAR-10 images,
-its SIMD and portable kernels agree bit for bit, and its integer mode equals the Python fixed-point model."""
+its SIMD and portable kernels agree bit for bit, and its integer (int16) and 8-bit modes equal their
+Python models."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from onebit.export.arena import plan_slots
 from onebit.export.c_emit import pack_step_bits
 from onebit.export.c_runtime import export_c
 from onebit.export.fixed_point import QParams, run_program_int
+from onebit.export.int8 import Q8Params, run_program_int8
 from onebit.models import ReferenceLayout, WRNConfig, build_model
 
 CC = shutil.which("cc")
@@ -124,13 +126,18 @@ def test_portable_build_matches_pytorch_and_int_matches_python(cfg, cifar, tmp_p
     exe = build(out, "demo_strict", cflags=STRICT)       # exactly the strict C99 command, no SIMD flags
     check_float(exe, out, model, images)
     q, _ = run_demo(exe, out / "images.bin", "--int", "--raw")
-    qp = QParams.from_dict(json.loads((out / "onebit_model.json").read_text())["qparams"])
+    info = json.loads((out / "onebit_model.json").read_text())
+    qp, q8 = QParams.from_dict(info["qparams"]), Q8Params.from_dict(info["q8params"])
     expect = run_program_int(lower(model), qp, images)
     assert np.array_equal(q.astype(np.int64), expect)
-    # the integer mode tracks the float model (random nets have near ties, so only most must agree)
+    q8_logits, _ = run_demo(exe, out / "images.bin", "--int8", "--raw")
+    expect8 = run_program_int8(lower(model), qp, q8, images)
+    assert np.array_equal(q8_logits.astype(np.int64), expect8)
+    # the integer modes track the float model (random nets have near ties, so only most must agree)
     with torch.no_grad():
         ref = model(images).numpy()
     assert (expect.argmax(1) == ref.argmax(1)).mean() >= 0.9
+    assert (expect8.argmax(1) == ref.argmax(1)).mean() >= 0.8
 
 
 @needs_cc
@@ -143,6 +150,8 @@ def test_simd_kernels_identical_to_portable(cifar, tmp_path):
         variants["avx512"] = "-mavx2 -mfma -mavx512f -mavx512bw"
         if "avx512_vnni" in flags and "bmi2" in flags:
             variants["avx512-vnni"] = SIMD_VARIANTS["native"]
+            if "avx512vbmi" in flags:           # the 8-bit kernel's other weight path (BMI2 pdep)
+                variants["avx512-vnni-pdep"] = SIMD_VARIANTS["native"] + " -mno-avx512vbmi"
     if len(variants) == 1:
         pytest.skip("this CPU has neither AVX2+FMA nor AVX-512")
     images, calib = cifar
@@ -156,11 +165,13 @@ def test_simd_kernels_identical_to_portable(cifar, tmp_path):
         bench = subprocess.run([str(exe), "--bench", "1", str(out / "images.bin")], capture_output=True,
                                text=True, check=True).stdout
         assert re.search(r"kernels (\w+)", bench).group(1) == name.split("-")[0]
-        results[name] = (run_demo(exe, out / "images.bin")[0], run_demo(exe, out / "images.bin", "--int", "--raw")[0])
-    base_f, base_q = results.pop("portable")
-    for name, (f, q) in results.items():
+        results[name] = (run_demo(exe, out / "images.bin")[0], run_demo(exe, out / "images.bin", "--int", "--raw")[0],
+                         run_demo(exe, out / "images.bin", "--int8", "--raw")[0])
+    base_f, base_q, base_8 = results.pop("portable")
+    for name, (f, q, q8) in results.items():
         assert np.array_equal(f, base_f), name                  # bit-identical float logits
         assert np.array_equal(q, base_q), name
+        assert np.array_equal(q8, base_8), name
     check_float(build(out, "demo_native", SIMD_VARIANTS["native"]), out, model, images)
 
 
@@ -176,8 +187,9 @@ def test_threads_give_identical_results(cifar, tmp_path):
     assert bad.returncode != 0 and "truncated" in bad.stderr
     for threads in ("2", "3"):
         assert np.array_equal(run_demo(exe, out / "images.bin", "--threads", threads)[0], one)
-        assert np.array_equal(run_demo(exe, out / "images.bin", "--int", "--raw", "--threads", threads)[0],
-                              run_demo(exe, out / "images.bin", "--int", "--raw")[0])
+        for mode in ("--int", "--int8"):
+            assert np.array_equal(run_demo(exe, out / "images.bin", mode, "--raw", "--threads", threads)[0],
+                                  run_demo(exe, out / "images.bin", mode, "--raw")[0])
 
 
 def test_lowered_program_matches_model(cifar):
@@ -240,4 +252,6 @@ def test_demo_refuses_labels_outside_the_classes_and_raw_without_int(tmp_path):
     assert res.returncode == 1 and "accuracy" not in res.stdout
     assert res.stderr.strip().count("\n") == 0 and "image 1 has label 10, outside the model's 10 classes" in res.stderr
     res = subprocess.run([str(exe), "--raw", str(tmp_path / "good.bin")], capture_output=True, text=True)
-    assert res.returncode == 2 and res.stdout == "" and "--raw prints the integer mode's logits" in res.stderr
+    assert res.returncode == 2 and res.stdout == "" and "--raw prints an integer mode's logits" in res.stderr
+    res = subprocess.run([str(exe), "--int8", str(tmp_path / "good.bin")], capture_output=True, text=True)
+    assert res.returncode == 1 and "no such integer mode (export with --calibrate N)" in res.stderr

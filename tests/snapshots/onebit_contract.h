@@ -8,12 +8,13 @@
 /* arithmetic modes */
 #define ONEBIT_FLOAT 0
 #define ONEBIT_INT 1
+#define ONEBIT_INT8 2
 
 /* error codes of onebit_run / onebit_infer */
 #define ONEBIT_OK 0          /* success */
 #define ONEBIT_EARENA (-1)   /* arena too small, or not 16-byte aligned */
 #define ONEBIT_EARGS (-2)    /* bad mode, count or pointer */
-#define ONEBIT_ENOINT (-3)   /* exported without integer mode (no calibration) */
+#define ONEBIT_ENOINT (-3)   /* exported without this integer mode (no calibration) */
 #define ONEBIT_ETHREAD (-4)  /* a worker thread could not be started */
 
 #define ONEBIT_ARENA_ALIGN 16  /* arena pointer alignment onebit_run requires, bytes */
@@ -30,19 +31,24 @@ enum { OB_RES_NONE = 0, OB_RES_IDENTITY = 1, OB_RES_POOL = 2 };
  * Weights: bits[((blk * k + ky) * k + kx) * cin + ci][OB_TAP_BYTES]; bit j of the little-endian word
  * is output channel OB_NCO * blk + j, 1 = +c, 0 = -c. */
 typedef struct {
-    int cin, cout, k, stride, pad;                   /* cin as stored (even), pad = padding before (top/left) */
+    int cin, cout, k, stride, pad;                      /* cin as stored (even), pad = padding before (top/left) */
     int ih, iw, oh, ow;
-    int epi, act, res;                               /* OB_EPI_*, OB_ACT_*, OB_RES_* */
-    int src, dst, act_dst, res_src;                  /* arena slots, -1 = none */
-    int res_c, res_h, res_w, res_pad;                /* shortcut source (pool: 3x3 stride 2, `res_pad` before) */
-    const uint8_t *bits;                             /* sign bits, layout above */
-    float scale;                                     /* c = sqrt(2 / (k*k*C_in)) */
-    const float *act_a, *act_b;                      /* OB_ACT_AFFINE_RELU: max(a*v + b, 0) per output channel */
-    int32_t q_m; int q_sh;                           /* int mode: rq(v, m, sh) = (v*m + 2^(sh-1)) >> sh (int64), acc -> T or R */
-    int32_t q_lo;                                    /* -1 in the activation's scale (srelu) */
-    const int32_t *q_act_m, *q_act_b; int q_act_sh;  /* affine_relu, per channel */
-    int32_t q_res_m; int q_res_sh;                   /* identity shortcut: R_prev scale -> R scale */
-    const int32_t *q_pool_m; int q_pool_sh;          /* pool: by real-pixel count 0..9 */
+    int epi, act, res;                                  /* OB_EPI_*, OB_ACT_*, OB_RES_* */
+    int src, dst, act_dst, res_src;                     /* arena slots, -1 = none */
+    int res_c, res_h, res_w, res_pad;                   /* shortcut source (pool: 3x3 stride 2, `res_pad` before) */
+    const uint8_t *bits;                                /* sign bits, layout above */
+    float scale;                                        /* c = sqrt(2 / (k*k*C_in)) */
+    const float *act_a, *act_b;                         /* OB_ACT_AFFINE_RELU: max(a*v + b, 0) per output channel */
+    int32_t q_m; int q_sh;                              /* int mode: rq(v, m, sh) = (v*m + 2^(sh-1)) >> sh (int64), acc -> T or R */
+    int32_t q_lo;                                       /* -1 in the activation's scale (srelu) */
+    const int32_t *q_act_m, *q_act_b; int q_act_sh;     /* affine_relu, per channel */
+    int32_t q_res_m; int q_res_sh;                      /* identity shortcut: R_prev scale -> R scale */
+    const int32_t *q_pool_m; int q_pool_sh;             /* pool: by real-pixel count 0..9 */
+    const int32_t *q8_zw;                               /* int8 mode: z_src * sum of the signs, per output channel (block-padded) */
+    int32_t q8_m; int q8_sh;                            /* int8 mode: acc -> T (srelu) or acc -> R */
+    int32_t q8_z;                                       /* int8 mode: zero code of the byte output (T or A) */
+    int32_t q8_a_m; int q8_a_sh;                        /* int8 mode, srelu after R: R -> A */
+    const int32_t *q8_act_m, *q8_act_b; int q8_act_sh;  /* int8 mode, affine_relu, per channel */
 } ob_layer;
 
 #endif

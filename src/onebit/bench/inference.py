@@ -6,7 +6,8 @@ For each model (default WRN-14-4 and WRN-20-10, BN-free, 1-bit) and on this mach
 2. ``torch-1bit``     PyTorch eager, the BN-free 1-bit model with its weights expanded to float;
 3. ``onnxruntime``    ONNX Runtime, CPU execution provider, on the exported ONNX model;
 4. ``c-float``        the onebit C runtime (``onebit export --format c``, static, -march=native), float mode;
-5. ``c-int``          the same binary in integer (int16 fixed-point) mode.
+5. ``c-int``          the same binary in integer (int16 fixed-point) mode;
+6. ``c-int8``         the same binary in 8-bit activation mode.
 
 Every subject runs in its own process: batch-1 latency (median and p95 over ``runs`` single-image calls
 after ``runs // 10 + 2`` warm-up calls), batch throughput (median of ``batch_runs`` calls on ``batch``
@@ -47,7 +48,8 @@ from onebit.export.c_contract import EXPORT_INFO
 from onebit.export.fixed_point import MAX_CALIBRATION
 from onebit.models import WRNConfig, build_model
 
-SUBJECTS = ("torch-bn-fp32", "torch-1bit", "onnxruntime", "c-float", "c-int")
+SUBJECTS = ("torch-bn-fp32", "torch-1bit", "onnxruntime", "c-float", "c-int", "c-int8")
+C_MODE_FLAGS = {"float": [], "int": ["--int"], "int8": ["--int8"]}
 DEFAULT_MODELS = ("wrn-14-4", "wrn-20-10")
 
 
@@ -97,13 +99,11 @@ def _build_c(src: Path, threads: int) -> tuple[Path, str]:
 
 def _c_subject(exe: Path, images: Path, cfg: BenchConfig, mode: str) -> dict:
     args = [str(exe), "--bench", str(cfg.runs), "--batch", str(cfg.batch), "--threads", str(cfg.threads)]
-    if mode == "int":
-        args.append("--int")
-    out = _run(args + [str(images)], f"c-{mode}")
+    out = _run(args + C_MODE_FLAGS[mode] + [str(images)], f"c-{mode}")
     lat = re.search(r"latency_ms median (\S+) p95 (\S+) min (\S+)", out)
     thr = re.search(r"throughput_ips (\S+) batch (\d+) median_ms (\S+)", out)
     mem = re.search(r"peak_rss_kb (-?\d+) arena_bytes (\d+)", out)
-    kern = re.search(r"kernels (\w+)", out)
+    kern = re.search(r"kernels (\S+)", out)
     if not (lat and thr and mem):
         raise OnebitError(f"unexpected output of the C demo: {out[:200]!r}")
     return {"latency": {"median": float(lat.group(1)), "p95": float(lat.group(2)), "min": float(lat.group(3))},
@@ -186,7 +186,7 @@ def bench_model(spec: str, cfg: BenchConfig, images: np.ndarray, calib: np.ndarr
             script = Path(__file__).with_name("subject_ort.py")
             raw = _python_subject([str(script), str(path), *common], subject, cfg.threads)
             record(subject, _summary(raw), 4 * weights, onnx_bytes=path.stat().st_size)
-        elif subject in ("c-float", "c-int"):
+        elif subject in ("c-float", "c-int", "c-int8"):
             src = work / "c"
             if not (src / "onebit_demo").is_file():
                 export_c(model, src, calibration_images=calib, calibration_count=cfg.calibrate)
@@ -194,18 +194,22 @@ def bench_model(spec: str, cfg: BenchConfig, images: np.ndarray, calib: np.ndarr
                 (src / "link.txt").write_text(link)
             exe = src / "onebit_demo"
             mode = subject.split("-")[1]
-            if mode == "int" and calib is None:
-                log("  c-int          skipped: no calibration images")
+            if mode != "float" and calib is None:
+                log(f"  {subject:<14} skipped: no calibration images")
+                continue
+            info = json.loads((src / EXPORT_INFO).read_text())
+            if mode == "int8" and info.get("arena_bytes_int8") is None:
+                log(f"  {subject:<14} skipped: the export has no 8-bit mode")
                 continue
             stats = _c_subject(exe, work / "images.bin", cfg, mode)
-            info = json.loads((src / EXPORT_INFO).read_text())
             weight_bytes = int(re.search(r"ONEBIT_WEIGHT_BYTES (\d+)", (src / "onebit_config.h").read_text()).group(1))
             exe_bytes = exe.stat().st_size
             budget = exe_bytes + stats["arena_bytes"]
             record(subject, stats, weight_bytes, exe_bytes=exe_bytes, arena_bytes=stats["arena_bytes"],
                    link=(src / "link.txt").read_text(), kernels=stats["kernels"],
                    rss_over_budget=stats["peak_rss_kb"] * 1024 / budget,
-                   arena_float=info["arena_bytes_float"], arena_int=info["arena_bytes_int"])
+                   arena_float=info["arena_bytes_float"], arena_int=info["arena_bytes_int"],
+                   arena_int8=info.get("arena_bytes_int8"))
         else:
             raise ConfigError(f"unknown benchmark subject {subject!r}; choose from {', '.join(SUBJECTS)}")
     return results
@@ -215,13 +219,17 @@ def _ratios(results: list[dict]) -> dict:
     out = {}
     for model in dict.fromkeys(r["model"] for r in results):
         rows = {r["subject"]: r for r in results if r["model"] == model}
-        ort, cf, ci = rows.get("onnxruntime"), rows.get("c-float"), rows.get("c-int")
+        ort, cf, ci, c8 = rows.get("onnxruntime"), rows.get("c-float"), rows.get("c-int"), rows.get("c-int8")
         m = {}
         if ort and cf:
             m["c_float_latency_over_ort"] = cf["latency_ms_median"] / ort["latency_ms_median"]
             m["c_float_peak_rss_over_ort"] = cf["peak_rss_mb"] / ort["peak_rss_mb"]
         if ort and ci:
             m["c_int_latency_over_ort"] = ci["latency_ms_median"] / ort["latency_ms_median"]
+        if ort and c8:
+            m["c_int8_latency_over_ort"] = c8["latency_ms_median"] / ort["latency_ms_median"]
+        if ci and c8:
+            m["c_int8_latency_over_c_int"] = c8["latency_ms_median"] / ci["latency_ms_median"]
         if cf:
             m["c_float_rss_over_exe_plus_arena"] = cf["rss_over_budget"]
         if ci:

@@ -100,7 +100,10 @@ static int parse_long(const char *opt, const char *s, long lo, long hi, long *ou
 
 static int fail(const char *what, int rc)
 {
-    fprintf(stderr, "onebit_demo: %s failed (error %d)\n", what, rc);
+    if (rc == ONEBIT_ENOINT)
+        fprintf(stderr, "onebit_demo: this export has no such integer mode (export with --calibrate N)\n");
+    else
+        fprintf(stderr, "onebit_demo: %s failed (error %d)\n", what, rc);
     return 1;
 }
 
