@@ -1,7 +1,7 @@
 """Bare-metal Cortex-M firmware in qemu-system-arm: a WRN-8-1 trained by onebit runs on the emulated
 Cortex-M4 (MPS2 AN386) and Cortex-M7 (MPS2 AN500) within a 192 KB RAM budget, with integer logits
-bit-identical to the host's integer mode on 100 real CIFAR-10 test images (hence the same accuracy),
-and float logits bit-identical to the host's float mode on the M7. The host reference is checked
+bit-identical to the host's integer modes (int16 and 8-bit activations) on 100 real CIFAR-10 test images
+(hence the same accuracy), and float logits bit-identical to the host's float mode on the M7. The host reference is checked
 against a plain host export, so the bare-metal arena plan (outputs over consumed input rows) is too."""
 
 from __future__ import annotations
@@ -49,21 +49,25 @@ def trained(tmp_path_factory, cifar10_dir):
         return np.array([r[2:] for r in rows]), np.array([int(r[1]) for r in rows])
 
     q, q_pred = host_run("--int", "--raw")
+    q8, q8_pred = host_run("--int8", "--raw")
     f, _ = host_run()
     # the bare-metal exports' overlapping arena plan computes what a plain host export computes
     plain = export_c(model, root / "host", calibration_images=calib)
     subprocess.run(["make", "-C", str(plain), "host"], check=True, capture_output=True)
     demo = plain / "onebit_demo_host"
     assert np.array_equal(host_run("--int", "--raw")[0], q) and np.array_equal(host_run()[0], f)
+    assert np.array_equal(host_run("--int8", "--raw")[0], q8)
     return {"run": run, "data_dir": cifar10_dir, "outs": outs, "images": images,
             "labels": test.labels[:N_INT].numpy(),
-            "host_int": q.astype(np.int64), "host_int_pred": q_pred, "host_float": f.astype(np.float32)}
+            "host_int": q.astype(np.int64), "host_int_pred": q_pred, "host_float": f.astype(np.float32),
+            "host_int8": q8.astype(np.int64), "host_int8_pred": q8_pred}
 
 
+@pytest.mark.parametrize("mode", ["int", "int8"])
 @pytest.mark.parametrize("target", ["cortex-m4", "cortex-m7"])
-def test_int_mode_bare_metal_bit_identical_within_192k(trained, target):
+def test_integer_modes_bare_metal_bit_identical_within_192k(trained, target, mode):
     out = trained["outs"][target]
-    elf = build_firmware(out, "int")
+    elf = build_firmware(out, mode)
     size = measure_firmware(elf)
     assert size.ram <= RAM_BUDGET, size                  # arena + stack + data/bss within 192 KB
     assert size.arena > 0 and size.weights > 0 and size.flash > size.weights
@@ -71,11 +75,11 @@ def test_int_mode_bare_metal_bit_identical_within_192k(trained, target):
     for libc in ("malloc", "printf", "_sbrk", "_write", "fopen"):  # no heap, no stdio in the firmware
         assert f" {libc}\n" not in symbols, libc
     run = run_firmware(elf, trained["images"])
-    assert run.kernels == "dsp" and run.mode == "int"
+    assert run.kernels == "dsp" and run.mode == mode
     assert run.logits.shape == (N_INT, 10)
-    assert np.array_equal(run.logits, trained["host_int"])
-    assert np.array_equal(run.preds, trained["host_int_pred"])
-    acc, host_acc = (run.preds == trained["labels"]).mean(), (trained["host_int_pred"] == trained["labels"]).mean()
+    assert np.array_equal(run.logits, trained[f"host_{mode}"])
+    assert np.array_equal(run.preds, trained[f"host_{mode}_pred"])
+    acc, host_acc = (run.preds == trained["labels"]).mean(), (trained[f"host_{mode}_pred"] == trained["labels"]).mean()
     assert acc == host_acc
     assert 0 < run.stack_used < size.stack
 

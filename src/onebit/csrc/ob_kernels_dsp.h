@@ -195,3 +195,85 @@ static void ob_ki(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k
                                                                 ? tot[p] : pos[j][p]) - (uint32_t)tot[p]);
 }
 #endif
+
+#if ONEBIT_HAS_INT8
+/* 8-bit mode (ob_kernels8_portable.h): USADA8 adds |u_c - x_c| over the four bytes of a word to an
+ * accumulator in one instruction. With x_c = 0 where the weight is +1 and 255 where it is -1, each term
+ * is u (weight +1) or 255 - u (weight -1), so sum |u - x| = sum s * u + 255 * (number of -1 weights): one
+ * instruction per 4 multiply-accumulates of one pixel and one output, and the constant is summed by one
+ * more USADA8 of x against 0 per output, shared by the tile's pixels. The words x of the 32 outputs of
+ * four input channels are made from their four sign words once per (tap, channel group): the bits of
+ * each byte column are spread four apart by a table (ob_spread4) and or-ed into a nibble per output, which
+ * indexes the sixteen possible x (ob_negmask). Pixels go four at a time over each output's x. */
+#define OB_HAVE_K8
+#define OB_KERNEL8_NAME "dsp"
+
+#define OB_S4(v) ((((v) & 1u)) | (((v) & 2u) << 3) | (((v) & 4u) << 6) | (((v) & 8u) << 9) | \
+                  (((v) & 16u) << 12) | (((v) & 32u) << 15) | (((v) & 64u) << 18) | (((v) & 128u) << 21))
+#define OB_S4_4(b) OB_S4(b), OB_S4((b) + 1), OB_S4((b) + 2), OB_S4((b) + 3)
+#define OB_S4_16(b) OB_S4_4(b), OB_S4_4((b) + 4), OB_S4_4((b) + 8), OB_S4_4((b) + 12)
+#define OB_S4_64(b) OB_S4_16(b), OB_S4_16((b) + 16), OB_S4_16((b) + 32), OB_S4_16((b) + 48)
+/* bit i of a byte -> bit 4i of a word */
+static const uint32_t ob_spread4[256] = {OB_S4_64(0u), OB_S4_64(64u), OB_S4_64(128u), OB_S4_64(192u)};
+#define OB_NM(n) ((((n) & 1u) ? 0u : 0xFFu) | (((n) & 2u) ? 0u : 0xFF00u) | (((n) & 4u) ? 0u : 0xFF0000u) | \
+                  (((n) & 8u) ? 0u : 0xFF000000u))
+/* nibble of four weight bits (bit c: channel c, 1 = +1) -> byte c = 0 (+1) or 255 (-1) */
+static const uint32_t ob_negmask[16] = {OB_NM(0u), OB_NM(1u), OB_NM(2u), OB_NM(3u), OB_NM(4u), OB_NM(5u),
+                                        OB_NM(6u), OB_NM(7u), OB_NM(8u), OB_NM(9u), OB_NM(10u), OB_NM(11u),
+                                        OB_NM(12u), OB_NM(13u), OB_NM(14u), OB_NM(15u)};
+
+static inline uint32_t ob_word(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+static void ob_k8(const uint8_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w, int mr,
+                  int nco, int32_t *acc)
+{
+    uint32_t sums[OB_NCO][8], neg[OB_NCO], xm[OB_NCO];
+    const int nj = nco > OB_NCO / 2 ? OB_NCO : OB_NCO / 2;      /* a 16-channel block: half the outputs */
+    ptrdiff_t o[8];
+    int ky, kx, ci, j, p, b;
+    for (p = 0; p < 8; p++) o[p] = (p < mr ? p : mr - 1) * pix;
+    memset(sums, 0, sizeof sums);
+    memset(neg, 0, sizeof neg);
+    for (ky = 0; ky < k; ky++) {
+        for (kx = 0; kx < k; kx++) {
+            const uint8_t *xr = x + ky * row + (ptrdiff_t)kx * cin;
+            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * 4;
+            for (ci = 0; ci < cin; ci += 4) {
+                const uint32_t w0 = ob_word(wr + 4 * ci), w1 = ob_word(wr + 4 * ci + 4);
+                const uint32_t w2 = ob_word(wr + 4 * ci + 8), w3 = ob_word(wr + 4 * ci + 12);
+                for (b = 0; b < nj / 8; b++) {          /* outputs 8b..8b+7: nibble jj of n is output 8b+jj */
+                    const int s = 8 * b;
+                    const uint32_t n = ob_spread4[(w0 >> s) & 255u] | (ob_spread4[(w1 >> s) & 255u] << 1) |
+                                       (ob_spread4[(w2 >> s) & 255u] << 2) | (ob_spread4[(w3 >> s) & 255u] << 3);
+                    for (j = 0; j < 8; j++) {
+                        const uint32_t m = ob_negmask[(n >> (4 * j)) & 15u];
+                        xm[s + j] = m;
+                        neg[s + j] = __usada8(m, 0u, neg[s + j]);
+                    }
+                }
+                for (p = 0; p < mr; p += 4) {
+                    const uint8_t *xc = xr + ci;
+                    const uint32_t u0 = ob_word(xc + o[p]), u1 = ob_word(xc + o[p + 1]);
+                    const uint32_t u2 = ob_word(xc + o[p + 2]), u3 = ob_word(xc + o[p + 3]);
+                    for (j = 0; j < nj; j++) {
+                        const uint32_t m = xm[j];
+                        uint32_t *sp = sums[j] + p;
+                        sp[0] = __usada8(u0, m, sp[0]);
+                        sp[1] = __usada8(u1, m, sp[1]);
+                        sp[2] = __usada8(u2, m, sp[2]);
+                        sp[3] = __usada8(u3, m, sp[3]);
+                    }
+                }
+            }
+        }
+    }
+    for (p = 0; p < mr; p++)                    /* sum s u = sum |u - x| - 255 * (number of -1 weights) */
+        for (j = 0; j < nj; j++) acc[p * OB_NCO + j] = (int32_t)(sums[j][p] - neg[j]);
+}
+#define OB_MR8 8
+#endif

@@ -4,7 +4,7 @@ A folder written by ``onebit export --format c --target cortex-m4`` (or ``cortex
 ``cortex-m/`` (reset code, the board's linker script, a semihosting harness) and ``make firmware``.
 This module drives that build and reads the result:
 
-* :func:`build_firmware`: ``make firmware MODE=int|float`` (the arena is static, sized for the mode).
+* :func:`build_firmware`: ``make firmware MODE=int|int8|float`` (the arena is static, sized for the mode).
 * :func:`measure_firmware`: flash and RAM from ``arm-none-eabi-size -A`` (section sizes) and the
   symbol sizes in the linked image (``arm-none-eabi-nm -S``: weights, arena), both read from the ELF
   the linker wrote (its map is next to it). flash = .text (code, packed weights, constants) + .data
@@ -34,7 +34,7 @@ QEMU = "qemu-system-arm"
 TOOLS = ("arm-none-eabi-gcc", SIZE_TOOL, NM_TOOL, QEMU)
 PACKAGES = " ".join(BARE_METAL_ARM_PACKAGES)
 STACK_BYTES = 8192
-MODES = ("int", "float")
+MODES = ("int", "int8", "float")
 _UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "KIB": 1024, "M": 2**20, "MB": 2**20, "MIB": 2**20}
 
 
@@ -67,7 +67,7 @@ def build_firmware(out_dir: Path, mode: str = "int", *, stack: int = STACK_BYTES
     """
     require_tools()
     if mode not in MODES:
-        raise ConfigError(f"unknown firmware mode {mode!r}; choose int or float")
+        raise ConfigError(f"unknown firmware mode {mode!r}; choose {', '.join(MODES)}")
     out_dir = Path(out_dir)
     if not (out_dir / "cortex-m" / "board.mk").is_file():
         raise OnebitError(f"{out_dir}: not a C export for a Cortex-M target (export with --target cortex-m4)")
@@ -218,7 +218,7 @@ def run_firmware(elf: Path, images: Path, *, board: str | None = None, icount: b
         raise OnebitError(f"the firmware printed no summary line: {out.strip()[-200:]}")
     info = dict(zip(done[1::2], done[2::2]))
     mode = info["mode"]
-    if mode == "int":
+    if mode in ("int", "int8"):
         logits = np.array([[int(v) for v in r[2:-2]] for r in rows], dtype=np.int64)
     else:
         bits = np.array([[int(v, 16) for v in r[2:-2]] for r in rows], dtype=np.uint32)

@@ -1,7 +1,7 @@
 # Bare-metal Cortex-M firmware (a folder exported with --target cortex-m4 / cortex-m7; included by the
 # Makefile). `make firmware` builds firmware-$(MODE).elf for the board named in cortex-m/board.mk:
 # the library (onebit.c), the semihosting harness (cortex-m/onebit_mcu.c), the reset code and the board's
-# linker script; the arena is static and sized for MODE (int or float). `make firmware-size` prints
+# linker script; the arena is static and sized for MODE (int, int8 or float). `make firmware-size` prints
 # flash and RAM from arm-none-eabi-size; `make run-firmware IMAGES=FILE` runs it in qemu-system-arm
 # (ICOUNT=1 adds -icount shift=0: one emulated nanosecond per executed instruction).
 include cortex-m/board.mk
@@ -13,6 +13,7 @@ IMAGES ?= images.bin
 FW_FLAGS ?=
 FW_LDFLAGS ?=
 FW_MODE_int = ONEBIT_INT
+FW_MODE_int8 = ONEBIT_INT8
 FW_MODE_float = ONEBIT_FLOAT
 FW_SOURCES = onebit.c cortex-m/onebit_mcu.c cortex-m/startup_cortexm.c cortex-m/ob_semihost.c
 FW_HEADERS = $(HEADERS) cortex-m/ob_semihost.h cortex-m/boards/$(BOARD).ld cortex-m/boards/cortex-m-sections.ld

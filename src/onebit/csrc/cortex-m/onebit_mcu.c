@@ -4,12 +4,12 @@
  * host file through semihosting, classifies them one at a time with the static arena and weights, and
  * prints one line per image:
  *     <index> <predicted class> <logit 0> ... <logit K-1> ticks <SysTick ticks of this image>
- * integer mode: the integer logits (real value = logit * ONEBIT_LOGIT_SCALE); float mode: the IEEE bits of
+ * integer modes: the integer logits (real value = logit * ONEBIT_LOGIT_SCALE); float mode: the IEEE bits of
  * each float32 logit in hexadecimal, so the host can compare them bit for bit. A last line gives the
  * totals, the arena and the stack's high-water mark. Exit status 0, or 1 with a message on bad input.
  *
- * The arena is sized for the one mode this firmware is built for (OB_FIRMWARE_MODE = ONEBIT_INT or
- * ONEBIT_FLOAT). Timing: SysTick counts processor clock ticks (24-bit, wraps counted by its interrupt);
+ * The arena is sized for the one mode this firmware is built for (OB_FIRMWARE_MODE = ONEBIT_INT,
+ * ONEBIT_INT8 or ONEBIT_FLOAT). Timing: SysTick counts processor clock ticks (24-bit, wraps counted by its interrupt);
  * under qemu -icount shift=0 every executed instruction advances the emulated clock by 1 ns, so
  * instructions = ticks * 1e9 / clock (see `--tick-check`). These are emulated counts, not cycles.
  *
@@ -32,8 +32,22 @@
 #error "integer-mode firmware needs an export with --calibrate"
 #endif
 #define OB_ARENA ONEBIT_ARENA_BYTES_I
+#define OB_INTEGER 1
+#define OB_MODE_NAME "int"
+#define OB_KERNELS onebit_kernel_name()
+#elif OB_FIRMWARE_MODE == ONEBIT_INT8
+#if !ONEBIT_HAS_INT8
+#error "8-bit firmware needs an export with --calibrate (and a multiple of 4 channels into every convolution)"
+#endif
+#define OB_ARENA ONEBIT_ARENA_BYTES_8
+#define OB_INTEGER 1
+#define OB_MODE_NAME "int8"
+#define OB_KERNELS onebit_kernel8_name()
 #else
 #define OB_ARENA ONEBIT_ARENA_BYTES_F
+#define OB_INTEGER 0
+#define OB_MODE_NAME "float"
+#define OB_KERNELS onebit_kernel_name()
 #endif
 
 uint32_t ob_stack_used(void);
@@ -94,7 +108,7 @@ static void ob_put_i64(int64_t v)
     }
 }
 
-#if OB_FIRMWARE_MODE != ONEBIT_INT
+#if !OB_INTEGER
 static void ob_put_hex32(uint32_t v)
 {
     static const char digits[] = "0123456789abcdef";
@@ -186,8 +200,8 @@ int main(void)
         int rc, pred = 0;
         if (ob_sh_read(fd, ob_image, sizeof ob_image) != 0) return ob_fail("read failed: ", path);
         t0 = ob_ticks();
-#if OB_FIRMWARE_MODE == ONEBIT_INT
-        rc = onebit_run(ONEBIT_INT, ob_image, 1, NULL, lq, ob_arena, sizeof ob_arena, 1);
+#if OB_INTEGER
+        rc = onebit_run(OB_FIRMWARE_MODE, ob_image, 1, NULL, lq, ob_arena, sizeof ob_arena, 1);
 #else
         rc = onebit_run(ONEBIT_FLOAT, ob_image, 1, logits, NULL, ob_arena, sizeof ob_arena, 1);
 #endif
@@ -196,7 +210,7 @@ int main(void)
         if (rc != ONEBIT_OK) return ob_fail("inference failed", "");
         ob_put_i64(n);
         for (c = 1; c < ONEBIT_NUM_CLASSES; c++) {
-#if OB_FIRMWARE_MODE == ONEBIT_INT
+#if OB_INTEGER
             if (lq[c] > lq[pred]) pred = c;
 #else
             if (logits[c] > logits[pred]) pred = c;
@@ -206,7 +220,7 @@ int main(void)
         ob_put_i64(pred);
         for (c = 0; c < ONEBIT_NUM_CLASSES; c++) {
             ob_put(" ");
-#if OB_FIRMWARE_MODE == ONEBIT_INT
+#if OB_INTEGER
             ob_put_i64(lq[c]);
 #else
             {
@@ -226,9 +240,9 @@ int main(void)
     ob_put(" ticks ");
     ob_put_u64(total);
     ob_put(" mode ");
-    ob_put(OB_FIRMWARE_MODE == ONEBIT_INT ? "int" : "float");
+    ob_put(OB_MODE_NAME);
     ob_put(" kernels ");
-    ob_put(onebit_kernel_name());
+    ob_put(OB_KERNELS);
     ob_put(" arena_bytes ");
     ob_put_u64(sizeof ob_arena);
     ob_put(" stack_used ");
