@@ -44,7 +44,7 @@ typedef struct {
     const int32_t *q_act_m, *q_act_b; int q_act_sh;     /* affine_relu, per channel */
     int32_t q_res_m; int q_res_sh;                      /* identity shortcut: R_prev scale -> R scale */
     const int32_t *q_pool_m; int q_pool_sh;             /* pool: by real-pixel count 0..9 */
-    const int32_t *q8_zw;                               /* int8 mode: z_src * sum of the signs, per output channel (block-padded) */
+    const int32_t *q8_zw, *q8_zwn;                      /* int8 mode, per output channel (block-padded): z_src * sum of the signs; + 255 * the -1 weights */
     int32_t q8_m; int q8_sh;                            /* int8 mode: acc -> T (srelu) or acc -> R */
     int32_t q8_z;                                       /* int8 mode: zero code of the byte output (T or A) */
     int32_t q8_a_m; int q8_a_sh;                        /* int8 mode, srelu after R: R -> A */

@@ -3,18 +3,19 @@
 Measurements (``onebit bench firmware MEASURE MODEL...``; MODEL: a model file or run directory, or a name
 ``wrn-D-K[-bn]`` with random 1-bit weights where weights do not matter):
 
-* ``sizes``    flash (code + constants, packed weights) and RAM (arena, stack, other) of the int and float
-               firmware, from ``arm-none-eabi-size -A`` and the ELF's symbols;
-* ``icount``   executed instructions per image under ``qemu-system-arm -icount shift=0``, int and float mode,
-               with the Cortex-M kernels and the portable ones (``-DONEBIT_NO_DSP``). **Emulated instruction
+* ``sizes``    flash (code + constants, packed weights) and RAM (arena, stack, other) of the firmware of
+               each mode (``--modes``: int = int16, int8 = 8-bit activations, float), from
+               ``arm-none-eabi-size -A`` and the ELF's symbols;
+* ``icount``   executed instructions per image under ``qemu-system-arm -icount shift=0`` in each mode, with
+               the Cortex-M kernels and the portable ones (``-DONEBIT_NO_DSP``). **Emulated instruction
                counts, not cycles**: they ignore pipelines, dual issue, wait states and memory latency;
 * ``arena``    the arena plans (host and bare metal) against the lower bound of live bytes;
-* ``accuracy`` the integer-mode firmware classifies the first ``--images`` CIFAR-10 test images in QEMU;
-               its logits are compared with the host build's (``onebit_demo_host --int --raw``) and its
-               accuracy is computed from its own printed predictions.
+* ``accuracy`` the integer-mode firmware (int and/or int8) classifies the first ``--images`` CIFAR-10 test
+               images in QEMU; its logits are compared with the host build's (``onebit_demo_host --int
+               --raw``, ``--int8 --raw``) and its accuracy is computed from its own printed predictions.
 
     onebit bench firmware sizes runs/latest wrn-20-10
-    onebit bench firmware icount runs/latest --targets cortex-m4,cortex-m7
+    onebit bench firmware icount runs/latest --targets cortex-m4,cortex-m7 --modes int,int8
     onebit bench firmware accuracy models/cifar10-mcu.onebit --targets cortex-m7 --images 1000
 """
 
@@ -35,7 +36,7 @@ from onebit.bench.models import resolve_model
 from onebit.errors import ConfigError, DataError, OnebitError
 from onebit.export.c_build import run_make
 from onebit.export.c_runtime import export_c, read_export_info
-from onebit.export.firmware import build_firmware, measure_firmware, run_firmware
+from onebit.export.firmware import MODES, build_firmware, measure_firmware, run_firmware
 from onebit.export.targets import TARGETS
 
 MEASURES = ("sizes", "icount", "arena", "accuracy")
@@ -51,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="test images to run (default: 2 for icount, 1000 for accuracy)")
     p.add_argument("--calibrate", type=int, default=256,
                    help="training images that calibrate the integer mode (default: %(default)s)")
+    p.add_argument("--modes", default=None,
+                   help=f"comma-separated, of {', '.join(MODES)} (default: all for sizes, icount and arena; "
+                        f"int for accuracy)")
     p.add_argument("--data-dir", default=None, help="CIFAR-10 folder (default: $ONEBIT_DATA or cache)")
     p.add_argument("--json", default=None, help="also write the rows here")
 
@@ -64,6 +68,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--images {args.images}: need 1..10000")
     if not 1 <= args.calibrate <= 50_000:
         raise ConfigError(f"--calibrate {args.calibrate}: need 1..50000")
+    default = "int" if args.measure == "accuracy" else ",".join(MODES)
+    args.modes = [m.strip() for m in (args.modes or default).split(",") if m.strip()]
+    allowed = ("int", "int8") if args.measure == "accuracy" else MODES
+    if not args.modes or any(m not in allowed for m in args.modes):
+        raise ConfigError(f"--modes {','.join(args.modes)!r}: choose from {', '.join(allowed)}")
     rows = {"sizes": sizes, "icount": icount, "arena": arena, "accuracy": accuracy}[args.measure](args, targets)
     if args.json:
         Path(args.json).write_text(json.dumps({"measure": args.measure, "rows": rows}, indent=1) + "\n")
@@ -111,7 +120,7 @@ def sizes(args: argparse.Namespace, targets: list[str]) -> list[dict]:
     calib = _calibration(args, required=False)
     rows = []
     for name, target, out in _exports(args, targets, calib):
-        for mode in ("int", "float"):
+        for mode in _modes_of(args, out):
             s = measure_firmware(build_firmware(out, mode, measure_only=True))
             rows.append({"model": name, "target": target, "mode": mode, "flash": s.flash,
                          "code_and_constants": s.code_and_constants, "weights": s.weights, "ram": s.ram,
@@ -129,8 +138,7 @@ def icount(args: argparse.Namespace, targets: list[str]) -> list[dict]:
     for name, target, out in _exports(args, targets, calib):
         (out / "images.bin").write_bytes(test.numpy().tobytes())
         macs = read_export_info(out)["macs"]
-        for mode, flags in (("int", ""), ("int", "-DONEBIT_NO_DSP"), ("float", ""),
-                            ("float", "-DONEBIT_NO_DSP")):
+        for mode, flags in [(m, f) for m in _modes_of(args, out) for f in ("", "-DONEBIT_NO_DSP")]:
             elf = build_firmware(out, mode, flags=flags, measure_only=False)
             fw = run_firmware(elf, out / "images.bin", icount=True, timeout=3600)
             per = float(np.mean(fw.instructions()))
@@ -143,10 +151,19 @@ def icount(args: argparse.Namespace, targets: list[str]) -> list[dict]:
     return rows
 
 
-def _host_logits(out: Path, images: Path) -> tuple[np.ndarray, np.ndarray]:
+def _modes_of(args: argparse.Namespace, out: Path) -> list[str]:
+    """The requested modes this export has (the 8-bit mode needs a multiple of 4 channels per convolution)."""
+    info = read_export_info(out)
+    modes = [m for m in args.modes if m != "int8" or info.get("arena_bytes_int8") is not None]
+    if not modes:
+        raise ConfigError(f"{info['name']} has none of the modes {', '.join(args.modes)}")
+    return modes
+
+
+def _host_logits(out: Path, images: Path, mode: str) -> tuple[np.ndarray, np.ndarray]:
     """Integer logits and predictions of the host build of the same export (``make host``)."""
     run_make(out, "host")
-    text = subprocess.run([str(out / "onebit_demo_host"), "--int", "--raw", str(images)], check=True,
+    text = subprocess.run([str(out / "onebit_demo_host"), f"--{mode}", "--raw", str(images)], check=True,
                           capture_output=True, text=True).stdout
     rows = [r.split() for r in text.strip().splitlines()]
     return np.array([[int(v) for v in r[2:]] for r in rows], dtype=np.int64), np.array([int(r[1]) for r in rows])
@@ -161,39 +178,42 @@ def accuracy(args: argparse.Namespace, targets: list[str]) -> list[dict]:
     for name, target, out in _exports(args, targets, calib):
         images = out / "images.bin"
         images.write_bytes(test.images[:n].numpy().tobytes())
-        start = time.perf_counter()
-        elf = build_firmware(out, "int", measure_only=False)
-        fw = run_firmware(elf, images, icount=False, timeout=6 * 3600)
-        seconds = time.perf_counter() - start
-        host, host_pred = _host_logits(out, images)
-        if fw.logits.shape != host.shape:
-            raise OnebitError(f"{name} on {target}: the firmware printed {len(fw.logits)} images of {n}")
-        size = measure_firmware(elf)
-        rows.append({"model": name, "target": target, "mode": "int", "kernels": fw.kernels, "images": n,
-                     "firmware_accuracy": float((fw.preds == labels).mean()),
-                     "host_accuracy": float((host_pred == labels).mean()),
-                     "logits_identical": bool(np.array_equal(fw.logits, host)),
-                     "flash": size.flash, "ram": size.ram, "qemu_seconds": round(seconds, 1)})
+        for mode in _modes_of(args, out):
+            start = time.perf_counter()
+            elf = build_firmware(out, mode, measure_only=False)
+            fw = run_firmware(elf, images, icount=False, timeout=6 * 3600)
+            seconds = time.perf_counter() - start
+            host, host_pred = _host_logits(out, images, mode)
+            if fw.logits.shape != host.shape:
+                raise OnebitError(f"{name} on {target}: the firmware printed {len(fw.logits)} images of {n}")
+            size = measure_firmware(elf)
+            rows.append({"model": name, "target": target, "mode": mode, "kernels": fw.kernels, "images": n,
+                         "firmware_accuracy": float((fw.preds == labels).mean()),
+                         "host_accuracy": float((host_pred == labels).mean()),
+                         "logits_identical": bool(np.array_equal(fw.logits, host)),
+                         "flash": size.flash, "ram": size.ram, "qemu_seconds": round(seconds, 1)})
     print(f"integer-mode firmware in QEMU on the first {n} CIFAR-10 test images, against the host build")
-    _table(["model", "target", "kernels", "images", "firmware acc", "host acc", "logits identical", "flash B",
-            "RAM B"], [{**r, "firmware_accuracy": f"{100 * r['firmware_accuracy']:.2f}%",
+    _table(["model", "target", "mode", "kernels", "images", "firmware acc", "host acc", "logits identical",
+            "flash B", "RAM B"], [{**r, "firmware_accuracy": f"{100 * r['firmware_accuracy']:.2f}%",
                         "host_accuracy": f"{100 * r['host_accuracy']:.2f}%"} for r in rows],
-           ["model", "target", "kernels", "images", "firmware_accuracy", "host_accuracy", "logits_identical",
-            "flash", "ram"])
+           ["model", "target", "mode", "kernels", "images", "firmware_accuracy", "host_accuracy",
+            "logits_identical", "flash", "ram"])
     if not all(r["logits_identical"] for r in rows):
         raise OnebitError("the firmware's logits differ from the host build's (see the table)")
     return rows
 
 
-def live_lower_bound(prog, esz: int, overlap: bool) -> int:
+def live_lower_bound(prog, esz, overlap: bool) -> int:
     """max over steps of the bytes that must be live at once: inputs still to be read and outputs (an
     identity R counted once; with overlap an output over its dying conv input spans
-    max(input + lag, output) bytes). No plan can be smaller (alignment ignored)."""
+    max(input + lag, output) bytes). No plan can be smaller (alignment ignored). ``esz``: bytes per element,
+    or a function of the tensor's name (the 8-bit mode's bytes and int16 residual stream)."""
     from onebit.export.arena import lag_bytes
 
     def nbytes(t):
         c, h, w = prog.tensors[t]
-        return (h + 2) * (w + 2) * c * esz, (w + 2) * c * esz
+        e = esz(t) if callable(esz) else esz
+        return (h + 2) * (w + 2) * c * e, (w + 2) * c * e
 
     last = {}
     for i, st in enumerate(prog.steps):
@@ -231,7 +251,11 @@ def arena(args: argparse.Namespace, targets: list[str]) -> list[dict]:
         model, name = resolve_model(spec)
         prog = lower(model)
         host, bare = plan_slots(prog), plan_slots(prog, overlap=True)
-        for mode, esz, a, b in (("int", 2, host.total_i, bare.total_i), ("float", 4, host.total_f, bare.total_f)):
+        inputs = {st.src for st in prog.steps}
+        planned = {"int": (2, host.total_i, bare.total_i), "float": (4, host.total_f, bare.total_f),
+                   "int8": (lambda t: 1 if t in inputs else 2, host.total_8, bare.total_8)}
+        for mode in args.modes:
+            esz, a, b = planned[mode]
             rows.append({"model": name, "mode": mode, "host_planned": a,
                          "host_lower_bound": live_lower_bound(prog, esz, False), "bare_metal_planned": b,
                          "bare_metal_lower_bound": live_lower_bound(prog, esz, True)})

@@ -200,12 +200,14 @@ static void ob_ki(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k
 /* 8-bit mode (ob_kernels8_portable.h): USADA8 adds |u_c - x_c| over the four bytes of a word to an
  * accumulator in one instruction. With x_c = 0 where the weight is +1 and 255 where it is -1, each term
  * is u (weight +1) or 255 - u (weight -1), so sum |u - x| = sum s * u + 255 * (number of -1 weights): one
- * instruction per 4 multiply-accumulates of one pixel and one output, and the constant is summed by one
- * more USADA8 of x against 0 per output, shared by the tile's pixels. The words x of the 32 outputs of
+ * instruction per 4 multiply-accumulates of one pixel and one output. That constant is per output
+ * channel: the output step subtracts it with the zero code's share (OB_K8_NEG_BIAS: q8_zwn = zw + 255 *
+ * the -1 weights, instead of q8_zw). The words x of the 32 outputs of
  * four input channels are made from their four sign words once per (tap, channel group): the bits of
  * each byte column are spread four apart by a table (ob_spread4) and or-ed into a nibble per output, which
  * indexes the sixteen possible x (ob_negmask). Pixels go four at a time over each output's x. */
 #define OB_HAVE_K8
+#define OB_K8_NEG_BIAS
 #define OB_KERNEL8_NAME "dsp"
 
 #define OB_S4(v) ((((v) & 1u)) | (((v) & 2u) << 3) | (((v) & 4u) << 6) | (((v) & 8u) << 9) | \
@@ -229,16 +231,32 @@ static inline uint32_t ob_word(const uint8_t *p)
     return v;
 }
 
-static void ob_k8(const uint8_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w, int mr,
-                  int nco, int32_t *acc)
+/* sums[j][0..3] += |u_p - x_j| for four pixels' channel words u0..u3 and the outputs' x words xm[0..nj) */
+static __attribute__((noinline)) void ob_k8_group(uint32_t u0, uint32_t u1, uint32_t u2, uint32_t u3,
+                                                  const uint32_t *xm, int nj, uint32_t *sums)
 {
-    uint32_t sums[OB_NCO][8], neg[OB_NCO], xm[OB_NCO];
+    const uint32_t *end = xm + nj;
+    do {
+        const uint32_t m = *xm++;
+        uint32_t s0 = sums[0], s1 = sums[1], s2 = sums[2], s3 = sums[3];
+        s0 = __usada8(u0, m, s0);
+        s1 = __usada8(u1, m, s1);
+        s2 = __usada8(u2, m, s2);
+        s3 = __usada8(u3, m, s3);
+        sums[0] = s0; sums[1] = s1; sums[2] = s2; sums[3] = s3;
+        sums += 4;
+    } while (xm != end);
+}
+
+static __attribute__((noinline)) void ob_k8(const uint8_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k,
+                                            const uint8_t *w, int mr, int nco, int32_t *acc)
+{
+    uint32_t sums[2][OB_NCO][4], xm[OB_NCO];
     const int nj = nco > OB_NCO / 2 ? OB_NCO : OB_NCO / 2;      /* a 16-channel block: half the outputs */
     ptrdiff_t o[8];
     int ky, kx, ci, j, p, b;
     for (p = 0; p < 8; p++) o[p] = (p < mr ? p : mr - 1) * pix;
     memset(sums, 0, sizeof sums);
-    memset(neg, 0, sizeof neg);
     for (ky = 0; ky < k; ky++) {
         for (kx = 0; kx < k; kx++) {
             const uint8_t *xr = x + ky * row + (ptrdiff_t)kx * cin;
@@ -246,34 +264,23 @@ static void ob_k8(const uint8_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k
             for (ci = 0; ci < cin; ci += 4) {
                 const uint32_t w0 = ob_word(wr + 4 * ci), w1 = ob_word(wr + 4 * ci + 4);
                 const uint32_t w2 = ob_word(wr + 4 * ci + 8), w3 = ob_word(wr + 4 * ci + 12);
+                const uint8_t *xc = xr + ci;
                 for (b = 0; b < nj / 8; b++) {          /* outputs 8b..8b+7: nibble jj of n is output 8b+jj */
                     const int s = 8 * b;
-                    const uint32_t n = ob_spread4[(w0 >> s) & 255u] | (ob_spread4[(w1 >> s) & 255u] << 1) |
-                                       (ob_spread4[(w2 >> s) & 255u] << 2) | (ob_spread4[(w3 >> s) & 255u] << 3);
-                    for (j = 0; j < 8; j++) {
-                        const uint32_t m = ob_negmask[(n >> (4 * j)) & 15u];
-                        xm[s + j] = m;
-                        neg[s + j] = __usada8(m, 0u, neg[s + j]);
-                    }
+                    uint32_t n = ob_spread4[(w0 >> s) & 255u] | (ob_spread4[(w1 >> s) & 255u] << 1) |
+                                 (ob_spread4[(w2 >> s) & 255u] << 2) | (ob_spread4[(w3 >> s) & 255u] << 3);
+                    for (j = 0; j < 8; j++, n >>= 4) xm[s + j] = ob_negmask[n & 15u];
                 }
-                for (p = 0; p < mr; p += 4) {
-                    const uint8_t *xc = xr + ci;
-                    const uint32_t u0 = ob_word(xc + o[p]), u1 = ob_word(xc + o[p + 1]);
-                    const uint32_t u2 = ob_word(xc + o[p + 2]), u3 = ob_word(xc + o[p + 3]);
-                    for (j = 0; j < nj; j++) {
-                        const uint32_t m = xm[j];
-                        uint32_t *sp = sums[j] + p;
-                        sp[0] = __usada8(u0, m, sp[0]);
-                        sp[1] = __usada8(u1, m, sp[1]);
-                        sp[2] = __usada8(u2, m, sp[2]);
-                        sp[3] = __usada8(u3, m, sp[3]);
-                    }
-                }
+                ob_k8_group(ob_word(xc + o[0]), ob_word(xc + o[1]), ob_word(xc + o[2]), ob_word(xc + o[3]), xm, nj,
+                            sums[0][0]);
+                if (mr > 4)
+                    ob_k8_group(ob_word(xc + o[4]), ob_word(xc + o[5]), ob_word(xc + o[6]), ob_word(xc + o[7]), xm,
+                                nj, sums[1][0]);
             }
         }
     }
-    for (p = 0; p < mr; p++)                    /* sum s u = sum |u - x| - 255 * (number of -1 weights) */
-        for (j = 0; j < nj; j++) acc[p * OB_NCO + j] = (int32_t)(sums[j][p] - neg[j]);
+    for (p = 0; p < mr; p++)                    /* the sum of |u - x| is sum s u + 255 * (-1 weights) */
+        for (j = 0; j < nj; j++) acc[p * OB_NCO + j] = (int32_t)sums[p >> 2][j][p & 3];
 }
 #define OB_MR8 8
 #endif

@@ -45,6 +45,11 @@
 #if !defined(OB_MR8)
 #define OB_MR8 OB_MR                    /* pixels per tile of the 8-bit kernel */
 #endif
+#if defined(OB_K8_NEG_BIAS)             /* the 8-bit kernel returns sum s u + 255 * (-1 weights) */
+#define OB_ZW(L) ((L)->q8_zwn)
+#else
+#define OB_ZW(L) ((L)->q8_zw)
+#endif
 
 /* The integer mode's rounding shifts need >> of negative values to be arithmetic (all C99 compilers
  * in use do this, but the standard leaves it implementation-defined). */
@@ -343,15 +348,24 @@ static void ob_head_q(const unsigned char *arena, float *logits, int32_t *lq)
 #endif
 static uint8_t ob_byte(int64_t v) { return (uint8_t)(v > 255 ? 255 : (v < 0 ? 0 : v)); }
 
-/* the 8-bit output step (ob_output_step8.h) on one channel */
+/* rq of an operand that fits in int32 (one 32 x 32 -> 64-bit multiply): ob_rq's value */
+static int64_t ob_rq32(int32_t v, int32_t m, int sh)
+{
+    const int64_t p = (int64_t)v * m + ((int64_t)1 << (sh - 1));
+    if (sh >= 32) return (int32_t)(p >> 32) >> (sh - 32);     /* the high word: no 64-bit shift */
+    return p >> sh;
+}
+
+/* the 8-bit output step (ob_output_step8.h), one channel at a time */
 #define OS_NAME ob_out8_1
+#define OS_W 1
 #define OS_V int64_t
 #define os_acc(p) ((int64_t)*(p))
 #define os_sub(a, b) ((a) - (b))
 #define os_add(a, b) ((a) + (b))
 #define os_set1(x) ((int64_t)(x))
-#define os_rq(v, m, sh) ob_rq(v, m, sh)
-#define os_affine(v, mp, bp, sh) (ob_rq(v, *(mp), sh) + *(bp))
+#define os_rq(v, m, sh) ob_rq32((int32_t)(v), m, sh)
+#define os_affine(v, mp, bp, sh) (ob_rq32((int32_t)(v), *(mp), sh) + *(bp))
 #define os_sat(v) ob_sat_q(v)
 #define os_load16(p) ((int64_t)*(p))
 #define os_store16(p, v) (*(p) = (int16_t)(v))
@@ -361,6 +375,7 @@ static uint8_t ob_byte(int64_t v) { return (uint8_t)(v > 255 ? 255 : (v < 0 ? 0 
 #if defined(OB_QW)
 /* ... and on OB_QW channels with the kernel's vector int64 operations (ob_q*) */
 #define OS_NAME ob_out8_v
+#define OS_W OB_QW
 #define OS_V ob_qv
 #define os_acc(p) ob_q_acc(p)
 #define os_sub(a, b) ob_q_sub(a, b)
@@ -391,16 +406,16 @@ static void ob_epi_8(const ob_layer *L, unsigned char *arena, int oy, int ox0, i
         if (L->epi == OB_EPI_HEAD) {       /* acc = acc' - zw; ob_head_8 scales the sums */
             for (j = 0; j < nco; j++)
                 head[((size_t)oy * (size_t)L->ow + (size_t)ox) * ONEBIT_NUM_CLASSES + (size_t)(co0 + j)] =
-                    a[j] - L->q8_zw[co0 + j];
+                    a[j] - OB_ZW(L)[co0 + j];
             continue;
         }
 #if defined(OB_QW)
         if (nco % OB_QW == 0 && !(L->res == OB_RES_POOL && L->res_c % OB_QW)) {
-            for (j = 0; j < nco; j += OB_QW) ob_out8_v(L, dst8, dst, adst, res, o, oy, ox, co0 + j, a + j);
+            ob_out8_v(L, dst8, dst, adst, res, o, oy, ox, co0, nco, a);
             continue;
         }
 #endif
-        for (j = 0; j < nco; j++) ob_out8_1(L, dst8, dst, adst, res, o, oy, ox, co0 + j, a + j);
+        ob_out8_1(L, dst8, dst, adst, res, o, oy, ox, co0, nco, a);
     }
 }
 

@@ -62,6 +62,7 @@ def wsum(step) -> np.ndarray:
 @dataclass
 class LayerQ8:
     zw: list[int] = field(default_factory=list)   # z_src * sum_k s_k per output channel (block-padded)
+    zwn: list[int] = field(default_factory=list)  # zw + 255 * (number of -1 weights): for kernels summing |u - x|
     m: int = 0                                    # acc -> T (srelu 'act') or acc -> R ('res')
     sh: int = 1
     z: int = 0                                    # zero code of the byte output (T or A)
@@ -132,7 +133,9 @@ def calibrate_int8(prog: Program, ranges: dict[str, float], qp: QParams) -> Q8Pa
     head_m = head_b = None
     head_sh = 1
     for step in prog.steps:
-        lq = LayerQ8(zw=(zero[step.src] * wsum(step)).tolist())
+        ws = wsum(step)
+        taps = step.k * step.k * step.cin_p
+        lq = LayerQ8(zw=(zero[step.src] * ws).tolist(), zwn=(zero[step.src] * ws + UMAX * (taps - ws) // 2).tolist())
         acc_scale = step.scale * scale[step.src]
         acc_max = step.k * step.k * step.cin_p * UMAX
         if step.epilogue == "act":
