@@ -55,7 +55,7 @@ def build_cross_and_host(folder: Path) -> None:
     wait_all([make(folder), make(folder, "host", "HOST_SIMD=-DONEBIT_PORTABLE")])
 
 
-def assert_bit_identical(folder: Path, n: int, modes=(["--int", "--raw"], [])) -> None:
+def assert_bit_identical(folder: Path, n: int, modes=(["--int", "--raw"], ["--int8", "--raw"], [])) -> None:
     """Float logits are printed with 9 significant digits (exact for float32), integer logits as int32."""
     runs = [subprocess.Popen([*AARCH64.emulator, "./onebit_demo", *m, "images.bin"], cwd=folder,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for m in modes]
@@ -115,7 +115,7 @@ def test_cli_target_option(tmp_path, capsys):
 
 
 def test_neon_trained_wrn8_bit_identical_to_host(cifar10_dir, tmp_path):
-    """A BN-free 1-bit WRN-8-1 trained by onebit (1 epoch on 2,000 images), float and int16 mode."""
+    """A BN-free 1-bit WRN-8-1 trained by onebit (1 epoch on 2,000 images), float, int16 and 8-bit modes."""
     require(AARCH64)
     run = tmp_path / "run"
     assert main(["train", "--depth", "8", "--width", "1", "--norm", "none", "--epochs", "1", "--train-limit",

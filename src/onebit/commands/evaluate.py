@@ -26,8 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--engine", choices=("torch", "c"), default="torch",
                    help="torch: PyTorch; c: the onebit C runtime via its Python binding (exported and compiled "
                         "with the system cc on first use, cached)")
-    c.add_argument("--c-mode", choices=("float", "int"), default=None,
-                   help="C runtime arithmetic: float32, or int16 fixed point calibrated on training images")
+    c.add_argument("--c-mode", choices=("float", "int", "int8"), default=None,
+                   help="C runtime arithmetic: float32, int16 fixed point or 8-bit activations (both calibrated "
+                        "on training images)")
     c.add_argument("--calibrate", type=int, default=None, metavar="N",
                    help="training images that choose the integer mode's scales (default: 256)")
     c.add_argument("--c-sources", default=None, metavar="DIR",
@@ -56,8 +57,8 @@ def check_options(args: argparse.Namespace) -> None:
             raise ConfigError(f"{flag} must be >= {low}, got {value}")
     if args.calibrate > MAX_CALIBRATION:
         raise ConfigError(f"--calibrate {args.calibrate} is above the {MAX_CALIBRATION:,} training images")
-    if args.c_mode != "int" and args.calibrate != C_DEFAULTS["calibrate"]:
-        raise ConfigError("--calibrate applies to the integer mode only; add --c-mode int or drop it")
+    if args.c_mode == "float" and args.calibrate != C_DEFAULTS["calibrate"]:
+        raise ConfigError("--calibrate applies to the integer modes only; add --c-mode int or int8, or drop it")
     check_device_name(args.device)
 
 
@@ -98,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
             calibration=lambda: load_cifar(dataset, args.data_dir or recorded_dir,
                                            train=True).images[:args.calibrate])
         result = accuracy_from_logits(torch.from_numpy(logits), data.labels, model.config.num_classes)
-        engine = (f"onebit C runtime, {'int16 fixed-point' if args.c_mode == 'int' else 'float32'} mode, "
+        arithmetic = {"int": "int16 fixed-point", "int8": "8-bit activation", "float": "float32"}[args.c_mode]
+        engine = (f"onebit C runtime, {arithmetic} mode, "
                   f"{args.threads} thread{'s' if args.threads != 1 else ''}")
     else:
         device = select_device(args.device)

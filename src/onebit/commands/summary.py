@@ -28,8 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--ram", default=None, metavar="BYTES", help="RAM budget, e.g. 192K: refuse (exit 1) "
                                                                   "when a mode needs more")
     fit.add_argument("--flash", default=None, metavar="BYTES", help="flash budget, e.g. 1M")
-    fit.add_argument("--mode", default="both", choices=("int", "float", "both"),
-                     help="arithmetic mode(s) to build (default: both)")
+    fit.add_argument("--mode", default="all", choices=("int", "int8", "float", "all"),
+                     help="arithmetic mode(s) to build: int16 (int), 8-bit activations (int8), float, or all "
+                          "(default)")
     p.set_defaults(func=run)
 
 
@@ -60,7 +61,7 @@ def _fit(config, args: argparse.Namespace) -> int:
 
     from onebit.export.firmware import fit_report
 
-    modes = ("int", "float") if args.mode == "both" else (args.mode,)
+    modes = ("int", "int8", "float") if args.mode == "all" else (args.mode,)
     with tempfile.TemporaryDirectory(prefix="onebit-fit-") as tmp:
         text, problems = fit_report(config, args.target, modes, tmp, ram=args.ram, flash=args.flash)
     print(text, end="")

@@ -241,7 +241,7 @@ def fit_report(config, target: str, modes: tuple[str, ...], work_dir: Path, *, r
     """
     import torch
 
-    from onebit.export.c_runtime import export_c
+    from onebit.export.c_runtime import export_c, read_export_info
     from onebit.export.targets import get_target
     from onebit.models import build_model
 
@@ -260,7 +260,11 @@ def fit_report(config, target: str, modes: tuple[str, ...], work_dir: Path, *, r
              f"{'mode':<6} {'flash':>11} {'code+const':>11} {'weights':>11} {'RAM':>11} {'arena':>11} "
              f"{'stack':>7} {'other':>7}"]
     problems = []
+    has_int8 = read_export_info(out).get("arena_bytes_int8") is not None
     for mode in modes:
+        if mode == "int8" and not has_int8:
+            lines.append(f"{'int8':<6} (no 8-bit mode: it needs a multiple of 4 channels into every convolution)")
+            continue
         size = measure_firmware(build_firmware(out, mode, measure_only=True))
         lines.append(f"{mode:<6} {size.flash:>11,} {size.code_and_constants:>11,} {size.weights:>11,} "
                      f"{size.ram:>11,} {size.arena:>11,} {size.stack:>7,} {size.ram - size.arena - size.stack:>7,}")

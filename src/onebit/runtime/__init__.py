@@ -18,7 +18,7 @@ def c_engine_logits(model, images, *, mode: str = "float", threads: int = 1, sou
     if sources is not None:
         runtime = compile_export(sources, threads=threads)
     else:
-        calib = calibration() if (mode == "int" and calibration is not None) else None
+        calib = calibration() if (mode != "float" and calibration is not None) else None
         runtime = build_runtime(model, calibration_images=calib, threads=threads,
                                 **({"calibration_count": len(calib)} if calib is not None else {}))
     runtime.check(model)
