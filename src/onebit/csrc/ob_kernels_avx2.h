@@ -73,10 +73,10 @@ static void ob_kf16(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k
 }
 
 static void ob_kf(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
-                  int mr, float *acc)
+                  int mr, int nco, float *acc)
 {
     ob_kf16(x, pix, row, cin, k, w, 0, mr, acc);
-    ob_kf16(x, pix, row, cin, k, w, 1, mr, acc);
+    if (nco > 16) ob_kf16(x, pix, row, cin, k, w, 1, mr, acc);
 }
 
 #if ONEBIT_HAS_INT
@@ -122,9 +122,9 @@ static void ob_ki16(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int
 }
 
 static void ob_ki(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
-                  int mr, int32_t *acc)
+                  int mr, int nco, int32_t *acc)
 {
     ob_ki16(x, pix, row, cin, k, w, 0, mr, acc);
-    ob_ki16(x, pix, row, cin, k, w, 1, mr, acc);
+    if (nco > 16) ob_ki16(x, pix, row, cin, k, w, 1, mr, acc);
 }
 #endif

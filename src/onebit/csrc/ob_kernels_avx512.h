@@ -25,7 +25,7 @@ typedef __m512 ob_vf;
 #define ob_vmax(a, b) _mm512_max_ps(a, b)   /* a > b ? a : b, lane by lane */
 
 static void ob_kf(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
-                  int mr, float *acc)
+                  int mr, int nco, float *acc)
 {
     const __m512 pos = _mm512_set1_ps(1.0f), neg = _mm512_set1_ps(-1.0f);
     __m512 a00 = _mm512_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00;
@@ -40,16 +40,29 @@ static void ob_kf(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, 
             const float *b0 = b + o[0], *b1 = b + o[1], *b2 = b + o[2], *b3 = b + o[3];
             const float *b4 = b + o[4], *b5 = b + o[5], *b6 = b + o[6], *b7 = b + o[7];
             const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * OB_TAP_BYTES;
-            for (ci = 0; ci < cin; ci++) {
-                uint32_t m;
-                __m512 w0, w1, v;
-                memcpy(&m, wr + OB_TAP_BYTES * ci, 4);
-                w0 = _mm512_mask_blend_ps((__mmask16)(m & 0xFFFFu), neg, pos);
-                w1 = _mm512_mask_blend_ps((__mmask16)(m >> 16), neg, pos);
+            if (nco > 16) {
+                for (ci = 0; ci < cin; ci++) {
+                    uint32_t m;
+                    __m512 w0, w1, v;
+                    memcpy(&m, wr + OB_TAP_BYTES * ci, 4);
+                    w0 = _mm512_mask_blend_ps((__mmask16)(m & 0xFFFFu), neg, pos);
+                    w1 = _mm512_mask_blend_ps((__mmask16)(m >> 16), neg, pos);
 #define OB_STEP(bp, A0, A1) v = _mm512_set1_ps((bp)[ci]); A0 = _mm512_fmadd_ps(v, w0, A0); A1 = _mm512_fmadd_ps(v, w1, A1);
-                OB_STEP(b0, a00, a01) OB_STEP(b1, a10, a11) OB_STEP(b2, a20, a21) OB_STEP(b3, a30, a31)
-                OB_STEP(b4, a40, a41) OB_STEP(b5, a50, a51) OB_STEP(b6, a60, a61) OB_STEP(b7, a70, a71)
+                    OB_STEP(b0, a00, a01) OB_STEP(b1, a10, a11) OB_STEP(b2, a20, a21) OB_STEP(b3, a30, a31)
+                    OB_STEP(b4, a40, a41) OB_STEP(b5, a50, a51) OB_STEP(b6, a60, a61) OB_STEP(b7, a70, a71)
 #undef OB_STEP
+                }
+            } else {                    /* a 16-channel block: the upper half is padding */
+                for (ci = 0; ci < cin; ci++) {
+                    uint32_t m;
+                    __m512 w0, v;
+                    memcpy(&m, wr + OB_TAP_BYTES * ci, 4);
+                    w0 = _mm512_mask_blend_ps((__mmask16)(m & 0xFFFFu), neg, pos);
+#define OB_STEP(bp, A0) v = _mm512_set1_ps((bp)[ci]); A0 = _mm512_fmadd_ps(v, w0, A0);
+                    OB_STEP(b0, a00) OB_STEP(b1, a10) OB_STEP(b2, a20) OB_STEP(b3, a30)
+                    OB_STEP(b4, a40) OB_STEP(b5, a50) OB_STEP(b6, a60) OB_STEP(b7, a70)
+#undef OB_STEP
+                }
             }
         }
     }
@@ -193,7 +206,7 @@ static void ob_q_store8(uint8_t *p, ob_qv a)
 #endif
 
 static void ob_ki(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
-                  int mr, int32_t *acc)
+                  int mr, int nco, int32_t *acc)
 {
     const __m512i pos = _mm512_set1_epi16(1), neg = _mm512_set1_epi16(-1);
     __m512i a00 = _mm512_setzero_si512(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00;
@@ -208,18 +221,33 @@ static void ob_ki(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k
             const int16_t *b0 = b + o[0], *b1 = b + o[1], *b2 = b + o[2], *b3 = b + o[3];
             const int16_t *b4 = b + o[4], *b5 = b + o[5], *b6 = b + o[6], *b7 = b + o[7];
             const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * OB_TAP_BYTES;
-            for (ci = 0; ci < cin; ci += 2) {
-                uint32_t m0, m1;
-                int32_t pr;
-                __m512i w0, w1, v;
-                memcpy(&m0, wr + OB_TAP_BYTES * ci, 4);
-                memcpy(&m1, wr + OB_TAP_BYTES * (ci + 1), 4);
-                w0 = _mm512_mask_blend_epi16((__mmask32)ob_interleave(m0 & 0xFFFFu, m1 & 0xFFFFu), neg, pos);
-                w1 = _mm512_mask_blend_epi16((__mmask32)ob_interleave(m0 >> 16, m1 >> 16), neg, pos);
+            if (nco > 16) {
+                for (ci = 0; ci < cin; ci += 2) {
+                    uint32_t m0, m1;
+                    int32_t pr;
+                    __m512i w0, w1, v;
+                    memcpy(&m0, wr + OB_TAP_BYTES * ci, 4);
+                    memcpy(&m1, wr + OB_TAP_BYTES * (ci + 1), 4);
+                    w0 = _mm512_mask_blend_epi16((__mmask32)ob_interleave(m0 & 0xFFFFu, m1 & 0xFFFFu), neg, pos);
+                    w1 = _mm512_mask_blend_epi16((__mmask32)ob_interleave(m0 >> 16, m1 >> 16), neg, pos);
 #define OB_STEP(bp, A0, A1) memcpy(&pr, (bp) + ci, 4); v = _mm512_set1_epi32(pr); OB_DP(A0, v, w0); OB_DP(A1, v, w1);
-                OB_STEP(b0, a00, a01) OB_STEP(b1, a10, a11) OB_STEP(b2, a20, a21) OB_STEP(b3, a30, a31)
-                OB_STEP(b4, a40, a41) OB_STEP(b5, a50, a51) OB_STEP(b6, a60, a61) OB_STEP(b7, a70, a71)
+                    OB_STEP(b0, a00, a01) OB_STEP(b1, a10, a11) OB_STEP(b2, a20, a21) OB_STEP(b3, a30, a31)
+                    OB_STEP(b4, a40, a41) OB_STEP(b5, a50, a51) OB_STEP(b6, a60, a61) OB_STEP(b7, a70, a71)
 #undef OB_STEP
+                }
+            } else {                    /* a 16-channel block: the upper half is padding */
+                for (ci = 0; ci < cin; ci += 2) {
+                    uint32_t m0, m1;
+                    int32_t pr;
+                    __m512i w0, v;
+                    memcpy(&m0, wr + OB_TAP_BYTES * ci, 4);
+                    memcpy(&m1, wr + OB_TAP_BYTES * (ci + 1), 4);
+                    w0 = _mm512_mask_blend_epi16((__mmask32)ob_interleave(m0 & 0xFFFFu, m1 & 0xFFFFu), neg, pos);
+#define OB_STEP(bp, A0) memcpy(&pr, (bp) + ci, 4); v = _mm512_set1_epi32(pr); OB_DP(A0, v, w0);
+                    OB_STEP(b0, a00) OB_STEP(b1, a10) OB_STEP(b2, a20) OB_STEP(b3, a30)
+                    OB_STEP(b4, a40) OB_STEP(b5, a50) OB_STEP(b6, a60) OB_STEP(b7, a70)
+#undef OB_STEP
+                }
             }
         }
     }

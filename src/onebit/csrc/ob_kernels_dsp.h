@@ -33,12 +33,12 @@ static inline float ob_bitsf(uint32_t v)
 }
 
 static void ob_kf(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w, int mr,
-                  float *acc)
+                  int nco, float *acc)
 {
     int p, j, ky, kx, ci;
     if (mr != OB_MR) {                  /* partial tile: one pixel at a time, same order */
         for (p = 0; p < mr; p++)
-            for (j = 0; j < OB_NCO; j++) {
+            for (j = 0; j < nco; j++) {
                 float a = 0.0f;
                 for (ky = 0; ky < k; ky++)
                     for (kx = 0; kx < k; kx++)
@@ -172,12 +172,13 @@ static void ob_ki_sums(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, 
 }
 
 static void ob_ki(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w, int mr,
-                  int32_t *acc)
+                  int nco, int32_t *acc)
 {
     int32_t pos[OB_NCO][8], tot[8];
     int p, j;
     uint32_t all = 0xFFFFFFFFu;
     size_t t;
+    (void)nco;                          /* the padding outputs are all +1: skipped below */
     /* Outputs 16..31 whose bits are all 1 (the padding of a 16-channel layer, or a real channel with
      * every weight +1) have P = S exactly: skip their half of the work. */
     for (t = 0; t < (size_t)k * (size_t)k * (size_t)cin; t++) {

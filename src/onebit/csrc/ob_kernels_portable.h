@@ -4,15 +4,17 @@
  * acc[p][j] = sum over (ky, kx, ci) in that order of s * x, s = +1 if the weight bit is set else -1.
  * The integer kernel adds or subtracts (x ^ m) - m with m = 0 or -1: no multiplication at all.
  * Float sums are accumulated one term at a time in that order, so every kernel gives bit-identical
- * results; integer sums are exact in any order. Pixel p's window starts at x + p * pix.
+ * results; integer sums are exact in any order. Pixel p's window starts at x + p * pix. Only the first
+ * `nco` outputs are needed (the others are a block's padding): a kernel may leave them unset.
  */
 #define OB_MR 8
 #define OB_KERNEL_NAME "portable"
 
 static void ob_kf(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
-                  int mr, float *acc)
+                  int mr, int nco, float *acc)
 {
     int p, j, ky, kx, ci;
+    (void)nco;
     for (p = 0; p < mr * OB_NCO; p++) acc[p] = 0.0f;
     for (ky = 0; ky < k; ky++) {
         for (kx = 0; kx < k; kx++) {
@@ -33,9 +35,10 @@ static void ob_kf(const float *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, 
 
 #if ONEBIT_HAS_INT
 static void ob_ki(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
-                  int mr, int32_t *acc)
+                  int mr, int nco, int32_t *acc)
 {
     int p, j, ky, kx, ci;
+    (void)nco;
     for (p = 0; p < mr * OB_NCO; p++) acc[p] = 0;
     for (ky = 0; ky < k; ky++) {
         for (kx = 0; kx < k; kx++) {

@@ -185,8 +185,8 @@ static void ob_epi_f(const ob_layer *L, unsigned char *arena, int oy, int ox0, i
             continue;
         }
 #if defined(OB_VW)
-        if (nco == OB_NCO && !(L->res == OB_RES_POOL && L->res_c % OB_VW)) {
-            for (j = 0; j < OB_NCO; j += OB_VW) ob_out_fv(L, dst, adst, res, o, oy, ox, co0 + j, a + j);
+        if (nco % OB_VW == 0 && !(L->res == OB_RES_POOL && L->res_c % OB_VW)) {
+            for (j = 0; j < nco; j += OB_VW) ob_out_fv(L, dst, adst, res, o, oy, ox, co0 + j, a + j);
             continue;
         }
 #endif
@@ -297,8 +297,8 @@ static void ob_epi_q(const ob_layer *L, unsigned char *arena, int oy, int ox0, i
             continue;
         }
 #if defined(OB_QW)
-        if (nco == OB_NCO && !(L->res == OB_RES_POOL && L->res_c % OB_QW)) {
-            for (j = 0; j < OB_NCO; j += OB_QW) ob_out_qv(L, dst, adst, res, o, oy, ox, co0 + j, a + j);
+        if (nco % OB_QW == 0 && !(L->res == OB_RES_POOL && L->res_c % OB_QW)) {
+            for (j = 0; j < nco; j += OB_QW) ob_out_qv(L, dst, adst, res, o, oy, ox, co0 + j, a + j);
             continue;
         }
 #endif
@@ -471,12 +471,12 @@ static void ob_layer_run(const ob_layer *L, unsigned char *arena, int mode, long
                                 (size_t)(ox0 * L->stride - L->pad + 1)) * (size_t)L->cin;
             if (mode == ONEBIT_FLOAT) {
                 float acc[OB_MR * OB_NCO];
-                ob_kf(OB_F(arena, L->src) + off, pix, row, L->cin, L->k, w, mr, acc);
+                ob_kf(OB_F(arena, L->src) + off, pix, row, L->cin, L->k, w, mr, nco, acc);
                 ob_epi_f(L, arena, oy, ox0, mr, co0, nco, acc);
             } else if (mode == ONEBIT_INT) {
 #if ONEBIT_HAS_INT
                 int32_t acc[OB_MR * OB_NCO];
-                ob_ki(OB_Q(arena, L->src) + off, pix, row, L->cin, L->k, w, mr, acc);
+                ob_ki(OB_Q(arena, L->src) + off, pix, row, L->cin, L->k, w, mr, nco, acc);
                 ob_epi_q(L, arena, oy, ox0, mr, co0, nco, acc);
 #endif
             }
