@@ -146,6 +146,8 @@ def test_simd_kernels_identical_to_portable(cifar, tmp_path):
     variants = {"portable": SIMD_VARIANTS["portable"]}
     if {"avx2", "fma"} <= flags:
         variants["avx2"] = SIMD_VARIANTS["avx2"]
+        if "avx_vnni" in flags:                 # the 8-bit kernel's vpdpbusd on 256-bit vectors
+            variants["avx2-vnni"] = SIMD_VARIANTS["avx2"] + " -mavxvnni"
     if {"avx512f", "avx512bw"} <= flags:
         variants["avx512"] = "-mavx2 -mfma -mavx512f -mavx512bw"
         if "avx512_vnni" in flags and "bmi2" in flags:

@@ -134,6 +134,18 @@ def test_neon_trained_wrn8_bit_identical_to_host(cifar10_dir, tmp_path):
                           text=True, check=True).stdout
     assert " kernels portable " in host
     assert_bit_identical(folder, WRN8_IMAGES)
+    # the 8-bit kernel's dot-product path (UDOT, Armv8.2-A), emulated on QEMU's `max` CPU
+    (folder / "onebit_demo").unlink()
+    wait_all([make(folder, "ARCH=-march=armv8.2-a+dotprod")])
+    cmd = [AARCH64.emulator[0], "-cpu", "max", *AARCH64.emulator[1:], "./onebit_demo"]
+    bench = subprocess.run([*cmd, "--int8", "--bench", "1", "images.bin"], cwd=folder, capture_output=True,
+                           text=True, check=True).stdout
+    assert " kernels neon-dotprod " in bench
+    emulated = subprocess.run([*cmd, "--int8", "--raw", "images.bin"], cwd=folder, capture_output=True, text=True,
+                              check=True).stdout
+    host = subprocess.run(["./onebit_demo_host", "--int8", "--raw", "images.bin"], cwd=folder, capture_output=True,
+                          text=True, check=True).stdout
+    assert emulated == host and len(host.strip().splitlines()) == WRN8_IMAGES
 
 
 @pytest.mark.slow

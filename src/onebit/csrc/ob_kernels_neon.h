@@ -232,3 +232,82 @@ static void ob_ki(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k
     if (nco > 16) ob_ki16(x, pix, row, cin, k, w, 1, mr, acc);
 }
 #endif
+
+#if ONEBIT_HAS_INT8
+/* 8-bit mode (ob_kernels8_portable.h): per pass 4 pixels x 16 outputs; lane j of a vector is output j
+ * (4 per vector) and its four bytes are input channels ci..ci+3. The weight bytes 4j + c are the bits
+ * (c, j) of the four sign words: a table lookup (TBL) puts byte j / 8 of word c at 4j + c and a bit test
+ * (CMTST) makes 0xFF where the weight is +1, so P = sum over the +1 weights of u comes from the broadcast
+ * bytes of a pixel: UDOT with 0/1 weights (the dot-product extension, __ARM_FEATURE_DOTPROD), else the
+ * masked bytes summed by pairwise widening adds (UADDLP, UADALP). S = sum of all u (UDOT with ones, or
+ * UADDLP/UADALP), and acc = 2 P - S. Needs cin % 4 == 0. */
+#define OB_HAVE_K8
+#if defined(__ARM_FEATURE_DOTPROD)
+#define OB_KERNEL8_NAME "neon-dotprod"
+#define OB_MASK8(M) vshrq_n_u8(M, 7)                                /* 0xFF / 0 -> 1 / 0 */
+#define OB_SUM8(A, V, M) A = vdotq_u32(A, V, M)
+#define OB_SUMALL8(A, V) A = vdotq_u32(A, V, vdupq_n_u8(1))
+#else
+#define OB_KERNEL8_NAME "neon"
+#define OB_MASK8(M) (M)
+#define OB_SUM8(A, V, M) A = vpadalq_u16(A, vpaddlq_u8(vandq_u8(V, M)))
+#define OB_SUMALL8(A, V) A = vpadalq_u16(A, vpaddlq_u8(V))
+#endif
+
+static void ob_k8_16(const uint8_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
+                     int half, int mr, int32_t *acc)
+{
+    /* output group q (outputs 4q..4q+3 of the half, bits 16 half + 4q.. of each word): byte 4jj + c of
+     * the table index picks byte (16 half + 4q) / 8 of word c; the bit tested is (4q + jj) % 8 */
+    static const uint8_t bitsel[2][16] = {{1, 1, 1, 1, 2, 2, 2, 2, 4, 4, 4, 4, 8, 8, 8, 8},
+                                          {16, 16, 16, 16, 32, 32, 32, 32, 64, 64, 64, 64, 128, 128, 128, 128}};
+    uint8x16_t idx[2], bit[2];
+    uint32x4_t a[4][4], s[4];
+    const ptrdiff_t o[4] = {0, (mr > 1 ? 1 : 0) * pix, (mr > 2 ? 2 : mr - 1) * pix, (mr > 3 ? 3 : mr - 1) * pix};
+    int ky, kx, ci, p, q;
+    for (q = 0; q < 2; q++) {
+        uint8_t t[16];
+        int jj, c;
+        for (jj = 0; jj < 4; jj++)
+            for (c = 0; c < 4; c++) t[4 * jj + c] = (uint8_t)(4 * c + 2 * half + q);
+        idx[q] = vld1q_u8(t);
+        bit[q] = vld1q_u8(bitsel[q]);
+    }
+    for (p = 0; p < 4; p++) {
+        s[p] = vdupq_n_u32(0);
+        for (q = 0; q < 4; q++) a[p][q] = vdupq_n_u32(0);
+    }
+    for (ky = 0; ky < k; ky++) {
+        for (kx = 0; kx < k; kx++) {
+            const uint8_t *b = x + ky * row + (ptrdiff_t)kx * cin;
+            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * OB_TAP_BYTES;
+            for (ci = 0; ci < cin; ci += 4) {
+                const uint8x16_t words = vld1q_u8(wr + OB_TAP_BYTES * ci);   /* word c = bytes 4c..4c+3 */
+                uint8x16_t m[4];
+                for (q = 0; q < 4; q++)           /* groups 0, 1 test byte 2 half, groups 2, 3 byte 2 half + 1 */
+                    m[q] = OB_MASK8(vtstq_u8(vqtbl1q_u8(words, idx[q >> 1]), bit[q & 1]));
+                for (p = 0; p < 4; p++) {
+                    uint32_t u;
+                    uint8x16_t v;
+                    memcpy(&u, b + o[p] + ci, 4);
+                    v = vreinterpretq_u8_u32(vdupq_n_u32(u));
+                    OB_SUMALL8(s[p], v);
+                    for (q = 0; q < 4; q++) OB_SUM8(a[p][q], v, m[q]);
+                }
+            }
+        }
+    }
+    for (p = 0; p < mr; p++)
+        for (q = 0; q < 4; q++)
+            vst1q_s32(acc + p * OB_NCO + 16 * half + 4 * q,
+                      vreinterpretq_s32_u32(vsubq_u32(vshlq_n_u32(a[p][q], 1), s[p])));
+}
+
+static void ob_k8(const uint8_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
+                  int mr, int nco, int32_t *acc)
+{
+    ob_k8_16(x, pix, row, cin, k, w, 0, mr, acc);
+    if (nco > 16) ob_k8_16(x, pix, row, cin, k, w, 1, mr, acc);
+}
+#define OB_MR8 4
+#endif
