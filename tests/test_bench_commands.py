@@ -66,6 +66,8 @@ def test_train_throughput_measures_both_formats_and_their_ratio(tmp_path):
     (["layout", "--models", "wrn-8-1-x"], "--models: 'wrn-8-1-x' is not a model name"),
     (["gpu-train", "--bits", "2"], "--bits '2'"),
     (["firmware", "sizes", "wrn-8-1", "--targets", "cortex-a53"], "--targets 'cortex-a53': choose from"),
+    (["firmware", "sizes", "wrn-8-1", "--modes", "int4"], "--modes 'int4': choose from int, int8, float"),
+    (["firmware", "accuracy", "wrn-8-1", "--modes", "float"], "--modes 'float': choose from int, int8"),
     (["imagenet-loader", "--workers", "0"], "1 <= --workers"),
     (["nope"], "invalid choice: 'nope'"),
 ])

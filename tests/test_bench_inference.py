@@ -15,20 +15,21 @@ from onebit.errors import ConfigError
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) on PATH")
 def test_bench_smoke(tmp_path, cifar10_dir, capsys):
     out = tmp_path / "bench"
-    assert main(["bench", "inference", "wrn-8-1", "--subjects", "onnxruntime,c-float,c-int", "--runs", "3",
+    assert main(["bench", "inference", "wrn-8-1", "--subjects", "onnxruntime,c-float,c-int,c-int8", "--runs", "3",
                  "--batch", "4", "--batch-runs", "1", "--calibrate", "16", "--data-dir", str(cifar10_dir),
                  "-o", str(out)]) == 0
     text = capsys.readouterr().out
     report = json.loads((out / "inference.json").read_text())
     assert (out / "inference.png").stat().st_size > 1000
     rows = {r["subject"]: r for r in report["results"]}
-    assert set(rows) == {"onnxruntime", "c-float", "c-int"}
+    assert set(rows) == {"onnxruntime", "c-float", "c-int", "c-int8"}
+    assert rows["c-int8"]["kernels"] != "portable" or rows["c-int"]["kernels"] == "portable"
     assert rows["c-float"]["macs"] == rows["onnxruntime"]["macs"] == 12_279_808
     assert rows["c-float"]["weight_bytes"] * 8 >= 74_800 and rows["onnxruntime"]["weight_bytes"] == 4 * 74_800
     for r in rows.values():
         assert r["latency_ms_median"] > 0 and r["peak_rss_mb"] > 0 and r["throughput_ips"] > 0
     assert rows["c-float"]["peak_rss_mb"] < rows["onnxruntime"]["peak_rss_mb"]
-    assert "c_float_latency_over_ort" in report["ratios"]["wrn-8-1"]
+    assert {"c_float_latency_over_ort", "c_int8_latency_over_ort"} <= set(report["ratios"]["wrn-8-1"])
     assert "c-float" in text and "matmul rate" in text and report["matmul_gflops"] > 0
 
 

@@ -13,6 +13,7 @@ from onebit.cli import main
 from onebit.data.cifar import load_cifar
 from onebit.export.c_program import lower
 from onebit.export.fixed_point import QParams, run_program_int
+from onebit.export.int8 import Q8Params, run_program_int8
 from onebit.export.packed import save_packed
 from onebit.models import WRNConfig, build_model
 from onebit.runtime import RuntimeMismatchError, build_runtime, compile_export
@@ -42,8 +43,13 @@ def test_binding_float_int_threads_and_refusal(test_images, tmp_path):
     assert np.array_equal(rt.run(images, threads=2), got)             # images over threads
     assert np.array_equal(rt.run(images[:1], threads=2), got[:1])     # spatial tiles over threads
     _, q = rt.run(images, mode="int", return_int=True)
-    qp = QParams.from_dict(json.loads((rt.lib_dir / "onebit_model.json").read_text())["qparams"])
+    info = json.loads((rt.lib_dir / "onebit_model.json").read_text())
+    qp = QParams.from_dict(info["qparams"])
     assert np.array_equal(q, run_program_int(lower(net), qp, images))
+    f8, q8 = rt.run(images, mode="int8", return_int=True)
+    assert rt.has_int8 and rt.kernels8 != "none"
+    assert np.array_equal(q8, run_program_int8(lower(net), qp, Q8Params.from_dict(info["q8params"]), images))
+    assert np.array_equal(rt.run(images, mode="int8", threads=2), f8)
     # integer logits only (no float output): what a processor without an FPU calls
     q_only = np.zeros_like(q)
     _, arena, arena_bytes = rt._arena(1, 1)
@@ -87,6 +93,11 @@ def test_cli_export_and_eval_engine_c(test_images, cifar10_dir, tmp_path, capsys
     int_result = json.loads(capsys.readouterr().out)
     assert int_result["engine"] == "onebit C runtime, int16 fixed-point mode, 1 thread"
     assert abs(int_result["top1"] - torch_result["top1"]) <= 0.02
+    assert main(["eval", str(tmp_path / "m.onebit"), "--engine", "c", "--c-mode", "int8", "--c-sources",
+                 str(tmp_path / "c"), "--json", *data]) == 0
+    int8_result = json.loads(capsys.readouterr().out)
+    assert int8_result["engine"] == "onebit C runtime, 8-bit activation mode, 1 thread"
+    assert abs(int8_result["top1"] - torch_result["top1"]) <= 0.05
     # a folder exported from one model refuses another
     assert main(["eval", str(tmp_path / "other.onebit"), "--engine", "c", "--c-sources", str(tmp_path / "c"),
                  *data]) != 0
