@@ -351,7 +351,7 @@ CASES = [
     # issue 23: no silent clamps or ignored options
     ("eval-calibrate-huge", ["eval", "{ws}/run", "--engine", "c", "--c-mode", "int", "--calibrate", "1000000000"],
      "above the 50,000 training images"),
-    ("eval-calibrate-float-mode", ["eval", "{ws}/run", "--engine", "c", "--calibrate", "100"], "integer mode only"),
+    ("eval-calibrate-float-mode", ["eval", "{ws}/run", "--engine", "c", "--calibrate", "100"], "integer modes only"),
     ("eval-c-mode-with-torch", ["eval", "{ws}/run", "--c-mode", "int"], "C runtime only"),
     ("export-calibrate-huge", ["export", "{ws}/m.onebit", "--format", "c", "-o", "{ws}/c3", "--calibrate",
                                "1000000000"], "above the 50,000"),
