@@ -1,5 +1,5 @@
 """The prepared device run, on the CPU: the data packer and its sha256 checks, the driver's pieces, the fused
-SGD layout fix, and the whole ``scripts/gpu_check.py --cpu-smoke`` run (the dry run of the device call)."""
+SGD layout fix, and the whole ``scripts/gpu-check.sh --cpu-smoke`` run (the dry run of the device call)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from onebit.presets import get_preset
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "scripts" / "gpu-check"))
 
 import gpu_check  # noqa: E402
 import gpu_data  # noqa: E402
@@ -177,7 +177,7 @@ def test_cpu_smoke_run_of_the_whole_device_check(tmp_path):
     from onebit.experiments.store import ResultsStore
 
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check.py"), "--cpu-smoke", "--out", str(out)],
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu-check" / "gpu_check.py"), "--cpu-smoke", "--out", str(out)],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["gpu-check.json", "gpu-check.log", "runs.db"]

@@ -13,12 +13,13 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "onebit"
 
-_CORE = {"errors", "atomic", "cache", "rundir", "nn", "models", "safetensors_io", "onebit"}  # "onebit": the package's public names
+_CORE = {"errors", "atomic", "cache", "cpus", "rundir", "nn", "models", "safetensors_io", "onebit"}  # "onebit": the package's public names
 # layer -> the layers its modules may import (besides their own layer)
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "atomic": set(),
     "cache": set(),
+    "cpus": set(),
     "rundir": {"errors", "atomic"},
     "nn": {"errors"},
     "models": {"errors", "nn"},
@@ -148,11 +149,12 @@ def test_programs_outside_the_package_use_the_package_homes():
     (onebit/bench/), and the scripts take the optimizer from onebit.train.optimizer and the splits from
     onebit.data.splits, never from the training loop's module (which only runs training)."""
     root = PACKAGE.parents[1]
-    programs = sorted(str(p.relative_to(root)) for p in root.glob("*/*.py")
-                      if p.parts[-2] not in ("src", "tests") and not p.parts[-2].startswith("."))
-    assert programs == ["scripts/gpu_check.py", "scripts/gpu_data.py", "scripts/main_job_frontier.py"]
+    programs = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                      if p.relative_to(root).parts[0] not in ("src", "tests", "runs")
+                      and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    assert programs == ["scripts/gpu-check/gpu_check.py", "scripts/gpu-check/gpu_data.py"]   # the GPU check
     offenders = []
-    for path in sorted((root / "scripts").glob("*.py")):
+    for path in sorted((root / "scripts").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.ImportFrom) and node.module == "onebit.train.loop":
                 used = {a.name for a in node.names} - {"train", "Trainer"}
@@ -181,8 +183,9 @@ def test_each_fact_has_one_owner():
     counts = [str(p.relative_to(PACKAGE)) for p, text in sources.items()
               if re.search(r'"num_classes": 10\b|"imagenet": 1000|"cifar100": 100\b', text)]
     assert counts == ["data/datasets.py"]                      # every dataset's class count
-    cpu_counts = [str(p.relative_to(PACKAGE)) for p, text in sources.items() if "sched_getaffinity" in text]
-    assert cpu_counts == ["train/threads.py"]                  # the CPUs this process may use
+    cpu_counts = [str(p.relative_to(PACKAGE)) for p, text in sources.items()
+                  if "sched_getaffinity" in text or "os.cpu_count()" in text]
+    assert cpu_counts == ["cpus.py"]                           # the CPUs this process may use
 
 
 def test_only_export_builds_c():

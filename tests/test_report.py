@@ -255,3 +255,23 @@ def test_the_margin_per_epoch_and_the_verdicts_follow_the_stored_curves(study):
                 "BN ahead" if float(low_high[0]) > 0 else
                 "shifted ReLU ahead" if float(low_high[1]) < 0 else "no significant difference")
         assert row["verdict"] == want
+
+
+def test_frontier_of_the_committed_main_job_store(tmp_path, capsys):
+    """``onebit report --frontier``: every run with a measured architecture is a point; the frontier keeps
+    the runs no other run beats on both time and validation accuracy."""
+    from onebit.experiments.frontier import frontier, load_points
+
+    folder = Path(__file__).resolve().parents[1] / "docs" / "results" / "main-job"
+    assert main(["report", str(folder / "runs.db"), "-o", str(tmp_path), "--frontier",
+                 str(folder / "throughput.json")]) == 0
+    points = load_points(folder / "runs.db", folder / "throughput.json")
+    lines = [line for line in capsys.readouterr().out.splitlines() if " ep  T=" in line]
+    assert len(lines) == len(points) > 5 and (tmp_path / "frontier.png").stat().st_size > 10_000
+    front = frontier(points)
+    for p in points:                      # nothing is both faster and more accurate than a frontier point
+        assert not any(q["seconds"] < p["seconds"] and q["val_acc"] > p["val_acc"] for q in points) or p not in front
+    assert [p["val_acc"] for p in front] == sorted(p["val_acc"] for p in front)
+    synthetic = [{"seconds": 1, "val_acc": 50}, {"seconds": 2, "val_acc": 40}, {"seconds": 3, "val_acc": 60}]
+    assert frontier(synthetic) == [synthetic[0], synthetic[2]]
+    assert main(["report", str(folder / "runs.db"), "-o", str(tmp_path), "--frontier", str(tmp_path / "x.json")]) == 1

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import encode_jpeg, write_file
 
+from onebit.cpus import usable_cpus
 from onebit.data.imagenet import load_image_folder, read_image, train_transform
 from onebit.errors import ConfigError
 
@@ -81,7 +82,7 @@ def rate(paths: list[str], workers: int, transform, passes: int) -> float:
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--folder", default=None, help="ImageFolder root holding train/ (default: synthetic)")
     ap.add_argument("--images", type=int, default=512, help="images to read (synthetic: to write)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader worker processes")
+    ap.add_argument("--workers", type=int, default=len(usable_cpus()), help="DataLoader worker processes")
     ap.add_argument("--crop", type=int, default=224, help="training crop size")
     ap.add_argument("--passes", type=int, default=2, help="passes over the images per measurement")
 
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         kb = sum(os.path.getsize(p) for p in paths) / len(paths) / 1024
         first = read_image(paths[0])
         print(f"{len(paths)} images from {'synthetic JPEGs' if not args.folder else root}, mean file "
-              f"{kb:.0f} KB, first {tuple(first.shape[1:])}; {os.cpu_count()} CPUs; {args.passes} passes")
+              f"{kb:.0f} KB, first {tuple(first.shape[1:])}; {len(usable_cpus())} usable CPUs; {args.passes} passes")
         augment = train_transform(args.crop)
         for what, transform in (("decode only", None), (f"decode + crop {args.crop} + flip", augment)):
             base = rate(paths, 0, transform, args.passes)

@@ -44,6 +44,7 @@ from onebit.export.c_build import host_compiler, run_make
 from onebit.export.c_program import lower
 from onebit.bench.machine import matmul_gflops
 from onebit.bench.models import resolve_model
+from onebit.cpus import usable_cpus
 from onebit.export.c_contract import EXPORT_INFO
 from onebit.export.fixed_point import MAX_CALIBRATION
 from onebit.models import WRNConfig, build_model
@@ -327,7 +328,7 @@ def run_benchmark(cfg: BenchConfig, log=print, command: str = "") -> dict:
 
     report = {
         "command": command,
-        "machine": {"cpu": _cpu_name(), "cpus": os.cpu_count(), "platform": platform.platform(),
+        "machine": {"cpu": _cpu_name(), "cpus": len(usable_cpus()), "platform": platform.platform(),
                     "load_average_start": load_start, "load_average_end": os.getloadavg()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "onnxruntime": onnxruntime.__version__},

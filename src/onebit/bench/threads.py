@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 from onebit.errors import ConfigError, OnebitError
-from onebit.train.threads import default_threads, usable_cpus
+from onebit.cpus import usable_cpus
+from onebit.train.threads import default_threads
 
 
 def settings(cpus: int) -> dict[str, tuple[list[str], dict[str, str]]]:

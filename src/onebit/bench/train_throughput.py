@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 
 import torch
 
 from onebit.bench.machine import matmul_gflops
 from onebit.bench.models import model_sizes
+from onebit.cpus import usable_cpus
 from onebit.data.augment import Augmentation
 from onebit.data.batches import epoch_batches
 from onebit.errors import ConfigError
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("need 1 <= --batch-size <= 50000, 1 <= --steps <= 10000, 1 <= --repeats <= 100, "
                           "0 <= --threads <= 1024")
 
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    torch.set_num_threads(args.threads or len(usable_cpus()))
     threads = torch.get_num_threads()
     native, evidence = native_bf16_cpu()
     # a synthetic dataset the size of CIFAR-10's training set, kept as one uint8 tensor

@@ -34,7 +34,7 @@ from onebit.rundir import RunDir
 from onebit.experiments.store import ResultsStore, RunRecord
 from onebit.experiments.sweep import PlannedRun
 from onebit.train.config import TrainConfig
-from onebit.train.threads import usable_cpus
+from onebit.cpus import usable_cpus
 
 BUSY_EXIT = 75                        # worker exit codes: another process holds the run,
 SKIPPED_EXIT = 76                     # the run was already in the store

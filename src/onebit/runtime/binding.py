@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from onebit.cache import cache_dir
+from onebit.cpus import usable_cpus
 from onebit.errors import ConfigError, OnebitError, RuntimeMismatchError
 from onebit.export import c_contract
 from onebit.export.c_build import compiler_id, host_compiler, run_make, simd_flags
@@ -62,12 +63,12 @@ def compile_export(src: str | Path, *, simd: str = "native", threads: int | None
     """Compile (or reuse from the cache) the C export folder ``src`` into a shared library and load it.
 
     ``simd``: a variant of ``onebit.export.c_build.SIMD_VARIANTS`` ('native', 'avx2', 'portable', 'none').
-    ``threads``: the most threads the library accepts (default: this machine's CPU count).
+    ``threads``: the most threads the library accepts (default: the CPUs this process may use).
     """
     src = Path(src)
     info = read_export_info(src)
     simd_flags(simd)                                   # refuses an unknown variant
-    threads = max(1, int(threads or os.cpu_count() or 1))
+    threads = max(1, int(threads or len(usable_cpus())))
     cc = host_compiler()
     build_files = sorted(p for p in src.iterdir() if p.suffix in (".c", ".h", ".mk") or p.name == "Makefile")
     key = _digest([p.name.encode() + b"\0" + p.read_bytes() for p in build_files] +

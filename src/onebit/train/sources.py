@@ -20,7 +20,7 @@ from onebit.data.cifar import CifarSplit
 from onebit.data.imagenet import (ImageFolderDataset, ImageFolderSplit, MultiCrop, eval_transform,
                                   train_transform)
 from onebit.errors import DataError
-from onebit.train.threads import usable_cpus
+from onebit.cpus import usable_cpus
 
 Split = CifarSplit | ImageFolderSplit
 

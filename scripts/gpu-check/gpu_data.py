@@ -15,9 +15,9 @@ takes 56% of the raw 3,072 bytes per image (xz alone on raw pixels: ~90%).
 labels of each split, so that :func:`unpack` proves on arrival both that the files are intact and that
 decoding reproduced the original bytes.
 
-    python scripts/gpu_data.py pack --data-dir ../shared/data/cifar10 -o .gpu-data   # as many as fit
-    python scripts/gpu_data.py verify .gpu-data
-    python scripts/gpu_data.py unpack .gpu-data -o /tmp/cifar                         # official format
+    python scripts/gpu-check/gpu_data.py pack --data-dir ../shared/data/cifar10 -o .gpu-data   # as many as fit
+    python scripts/gpu-check/gpu_data.py verify .gpu-data
+    python scripts/gpu-check/gpu_data.py unpack .gpu-data -o /tmp/cifar                         # official format
 """
 
 from __future__ import annotations
@@ -277,7 +277,7 @@ def unpack(folder: Path, root: Path, workers: int | None = None) -> dict:
 
 # ----- command line -----
 def _load_source(data_dir: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], list[str]]:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
     from onebit.data.cifar import load_cifar
 
     train = load_cifar("cifar10", data_dir, train=True, download=False)
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.cmd == "pack":
-            repo = Path(__file__).resolve().parents[1]
+            repo = Path(__file__).resolve().parents[2]
             tree = traveling_bytes(repo, exclude=args.output)
             budget = int((args.limit_mib - args.reserve_mib) * MIB) - tree
             train, test, classes = _load_source(args.data_dir)

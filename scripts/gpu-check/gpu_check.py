@@ -2,7 +2,7 @@
 
     bash scripts/gpu-check.sh                    # on the device machine: <= 9 minutes, results in $OUT
     bash scripts/gpu-check.sh --cpu-smoke        # anywhere: the same code paths on the CPU, tiny sizes
-    python scripts/gpu_check.py --cpu-reference  # on a CPU: the preset on the packed subset (commit it)
+    python scripts/gpu-check/gpu_check.py --cpu-reference  # on a CPU: the preset on the packed subset
 
 Parts, run one after another, each in a subprocess with its own time budget (a part that overruns is
 killed, the others still run, and what it finished is kept):
@@ -21,7 +21,7 @@ killed, the others still run, and what it finished is kept):
    and for the whole 24-run table (``sweeps/paper-wrn20-10.toml``).
 
 Writes ``gpu-check.json``, ``gpu-check.log`` and ``runs.db`` into ``$OUT`` (or ``--out``). The data is
-the folder ``scripts/gpu_data.py pack`` wrote (``DATA``), carried with the call and checked (sha256 of
+the folder ``scripts/gpu-check/gpu_data.py pack`` wrote (``DATA``), carried with the call and checked (sha256 of
 every file and of the decoded images) before use.
 """
 
@@ -40,14 +40,14 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "src"))
-sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))          # gpu_data, beside this file
 
 PRESET = "cifar10-tiny"                       # the README's CPU main job; rename here if the README does
 SPEED_COMMAND = ["-m", "onebit", "bench", "gpu-train"]     # src/onebit/bench/gpu_train.py
 GPU_TESTS = REPO / "tests" / "test_gpu.py"
-DATA = REPO / ".gpu-data"                     # written by scripts/gpu_data.py pack, carried with the call
+DATA = REPO / ".gpu-data"                     # written by gpu_data.py pack, carried with the call
 REFERENCE = REPO / "docs" / "results" / "gpu-check" / "cpu-reference.json"
 PAPER_SWEEP = REPO / "sweeps" / "paper-wrn20-10.toml"
 MFU_PROFILE_BELOW = 0.35
@@ -338,7 +338,7 @@ def part_accuracy(log: Log, work: Path, mode: dict, budget: float, cpu: bool, da
     out = json.loads(result.read_text()) if result.is_file() else {}
     if reference is None:
         out["preset_vs_cpu"] = {"missing": f"no CPU reference at {REFERENCE.relative_to(REPO)}; run "
-                                           f"`python scripts/gpu_check.py --cpu-reference` on a CPU first"}
+                                           f"`python scripts/gpu-check/gpu_check.py --cpu-reference` on a CPU first"}
     runs = out.get("runs", [])
     out.update(rc=rc, seconds=seconds)
     complete = runs and all(r.get("finished") for r in runs) and "wrn_bn" in out
@@ -593,7 +593,7 @@ def cpu_reference(args: argparse.Namespace) -> int:
            "test_acc": final["test_acc"], "test_top5": final.get("test_top5"), "test_loss": final.get("test_loss"),
            "wall_s": time.time() - t0, "device": f"cpu ({platform.machine()}, {args.threads} thread(s))",
            "torch": torch.__version__, "git_commit": git_commit(),
-           "command": f"python scripts/gpu_check.py --cpu-reference --threads {args.threads}"}
+           "command": f"python scripts/gpu-check/gpu_check.py --cpu-reference --threads {args.threads}"}
     REFERENCE.parent.mkdir(parents=True, exist_ok=True)
     REFERENCE.write_text(json.dumps(ref, indent=2) + "\n")
     print(f"{PRESET} on {manifest['train_images']} images, CPU: test accuracy {100 * final['test_acc']:.2f}% -> "
