@@ -257,3 +257,41 @@ def test_demo_refuses_labels_outside_the_classes_and_raw_without_int(tmp_path):
     assert res.returncode == 2 and res.stdout == "" and "--raw prints an integer mode's logits" in res.stderr
     res = subprocess.run([str(exe), "--int8", str(tmp_path / "good.bin")], capture_output=True, text=True)
     assert res.returncode == 1 and "no such integer mode (export with --calibrate N)" in res.stderr
+
+
+def test_rq_in_32_bits_equals_the_int64_rescale():
+    """ob_rq_hi's two forms (onebit.c) give rq(v, m, sh) exactly wherever the exporter allows them."""
+    from onebit.export.fixed_point import rq
+    from onebit.export.int8 import I32, _rq_ok
+
+    rng = np.random.default_rng(0)
+    for sh in (20, 28, 31, 32, 33, 40, 62):
+        m = int(rng.integers(1, 2 ** 31 - 1))
+        v_max = 2 ** 20 if _rq_ok(2 ** 20, m, sh) is not None else 2 ** (sh - 2)
+        assert _rq_ok(v_max, m, sh) is not None
+        v = rng.integers(-v_max, v_max + 1, 2000, dtype=np.int64)
+        if sh >= 33:
+            got = (((v * m) >> 32) + (1 << (sh - 33))) >> (sh - 32)
+        else:
+            got = ((v << (32 - sh)) * m + (1 << 31)) >> 32
+        assert np.array_equal(got, rq(v, m, sh)), sh
+        assert np.abs(got).max() < I32
+    assert _rq_ok(2 ** 25, 1, 20) is None                  # v << 12 would not fit in int32
+
+
+@needs_cc
+def test_int8_output_step_in_int64_where_32_bits_are_not_proven(cifar, tmp_path, monkeypatch):
+    """Layers the exporter cannot prove 32-bit safe run the int64 output step: same logits as Python."""
+    from onebit.export import int8
+
+    images, calib = cifar
+    monkeypatch.setattr(int8, "fits_int32", lambda *args: False)
+    model = make_model(WRNConfig(depth=8, width=1, norm="bn"), calib)
+    out = export_and_write(model, tmp_path, images[:8], calib)
+    info = json.loads((out / "onebit_model.json").read_text())
+    assert not any(layer["i32"] for layer in info["q8params"]["layers"])
+    exe = build(out, "demo_int64", cflags=STRICT)
+    q8, _ = run_demo(exe, out / "images.bin", "--int8", "--raw")
+    expect = run_program_int8(lower(model), QParams.from_dict(info["qparams"]), Q8Params.from_dict(info["q8params"]),
+                              images[:8])
+    assert np.array_equal(q8.astype(np.int64), expect)

@@ -1,6 +1,7 @@
 /* onebit C runtime: the 8-bit mode's output step, written once for every lane width.
  *
- * onebit.c includes this file once per lane width after defining OS_NAME (the function), OS_W (lanes),
+ * onebit.c includes this file once per lane width after defining OS_NAME (the function), OS_ATTR (its
+ * attributes: OB_NOINLINE for the scalar steps, which then keep their values in registers), OS_W (lanes),
  * OS_V (OS_W lanes of int64 working values) and the lane primitives os_*; the file #undefs them all. For
  * the n output channels co0.. of one pixel (n a multiple of OS_W; element offset o of its NHWC row), from
  * the kernel's sums acc' (see
@@ -19,7 +20,7 @@
  * operations in the same order on each lane, so the results agree bit for bit with onebit/export/int8.py.
  */
 
-static void OS_NAME(const ob_layer *L, uint8_t *dst8, int16_t *dst, uint8_t *adst, const int16_t *res, size_t o,
+static OS_ATTR void OS_NAME(const ob_layer *L, uint8_t *dst8, int16_t *dst, uint8_t *adst, const int16_t *res, size_t o,
                     int oy, int ox, int co0, int n, const int32_t *acc)
 {
     /* the layer's constants in locals: byte stores may alias anything, so the compiler would reload them */
@@ -68,6 +69,7 @@ static void OS_NAME(const ob_layer *L, uint8_t *dst8, int16_t *dst, uint8_t *ads
 }
 
 #undef OS_NAME
+#undef OS_ATTR
 #undef OS_W
 #undef OS_V
 #undef os_acc

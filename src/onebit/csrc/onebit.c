@@ -51,6 +51,13 @@
 #define OB_ZW(L) ((L)->q8_zw)
 #endif
 
+/* a function kept out of its caller: the per-pixel output steps get their own registers (GCC, Clang) */
+#if defined(__GNUC__)
+#define OB_NOINLINE __attribute__((noinline))
+#else
+#define OB_NOINLINE
+#endif
+
 /* The integer mode's rounding shifts need >> of negative values to be arithmetic (all C99 compilers
  * in use do this, but the standard leaves it implementation-defined). */
 typedef char ob_arithmetic_shift_check[((-7) >> 1) == -4 ? 1 : -1];
@@ -356,8 +363,39 @@ static int64_t ob_rq32(int32_t v, int32_t m, int sh)
     return p >> sh;
 }
 
-/* the 8-bit output step (ob_output_step8.h), one channel at a time */
+/* rq in 32-bit arithmetic, the same value as ob_rq where the exporter proved it (LayerQ8.i32, q8_i32):
+ * sh >= 33: (hi32(v m) + 2^(sh-33)) >> (sh - 32), the rounding term being a multiple of 2^32;
+ * sh <= 32: hi32((v << (32 - sh)) m + 2^31), v << (32 - sh) fitting in int32 (checked at export). */
+static int32_t ob_rq_hi(int32_t v, int32_t m, int sh)
+{
+    if (sh >= 33) return ((int32_t)(((int64_t)v * m) >> 32) + (int32_t)(1u << (sh - 33))) >> (sh - 32);
+    return (int32_t)(((int64_t)(int32_t)((uint32_t)v << (32 - sh)) * m + 0x80000000LL) >> 32);
+}
+
+static int32_t ob_sat32_16(int32_t v) { return v > 32767 ? 32767 : (v < -32767 ? -32767 : v); }
+
+static uint8_t ob_byte32(int32_t v) { return (uint8_t)(v > 255 ? 255 : (v < 0 ? 0 : v)); }
+
+/* the 8-bit output step (ob_output_step8.h) in 32-bit arithmetic, one channel at a time (q8_i32 layers) */
+#define OS_NAME ob_out8_s32
+#define OS_ATTR OB_NOINLINE
+#define OS_W 1
+#define OS_V int32_t
+#define os_acc(p) (*(p))
+#define os_sub(a, b) ((a) - (b))
+#define os_add(a, b) ((a) + (b))
+#define os_set1(x) ((int32_t)(x))
+#define os_rq(v, m, sh) ob_rq_hi(v, m, sh)
+#define os_affine(v, mp, bp, sh) (ob_rq_hi(v, *(mp), sh) + *(bp))
+#define os_sat(v) ob_sat32_16(v)
+#define os_load16(p) ((int32_t)*(p))
+#define os_store16(p, v) (*(p) = (int16_t)(v))
+#define os_store8(p, v) (*(p) = ob_byte32(v))
+#include "ob_output_step8.h"
+
+/* ... and in int64 arithmetic (any layer) */
 #define OS_NAME ob_out8_1
+#define OS_ATTR OB_NOINLINE
 #define OS_W 1
 #define OS_V int64_t
 #define os_acc(p) ((int64_t)*(p))
@@ -375,6 +413,7 @@ static int64_t ob_rq32(int32_t v, int32_t m, int sh)
 #if defined(OB_QW)
 /* ... and on OB_QW channels with the kernel's vector int64 operations (ob_q*) */
 #define OS_NAME ob_out8_v
+#define OS_ATTR
 #define OS_W OB_QW
 #define OS_V ob_qv
 #define os_acc(p) ob_q_acc(p)
@@ -415,7 +454,8 @@ static void ob_epi_8(const ob_layer *L, unsigned char *arena, int oy, int ox0, i
             continue;
         }
 #endif
-        ob_out8_1(L, dst8, dst, adst, res, o, oy, ox, co0, nco, a);
+        if (L->q8_i32) ob_out8_s32(L, dst8, dst, adst, res, o, oy, ox, co0, nco, a);
+        else ob_out8_1(L, dst8, dst, adst, res, o, oy, ox, co0, nco, a);
     }
 }
 

@@ -77,6 +77,7 @@ LAYER_FIELDS = (
     ((("int32_t", ("q8_z",)),), "int8 mode: zero code of the byte output (T or A)"),
     ((("int32_t", ("q8_a_m",)), ("int", ("q8_a_sh",))), "int8 mode, srelu after R: R -> A"),
     ((("const int32_t *", ("q8_act_m", "q8_act_b")), ("int", ("q8_act_sh",))), "int8 mode, affine_relu, per channel"),
+    ((("int", ("q8_i32",)),), "int8 mode: 1 if the output step provably fits in 32-bit arithmetic"),
 )
 
 

@@ -122,7 +122,7 @@ def model_header(prog: Program, plan: SlotPlan, qp: QParams | None, q8: Q8Params
             out.append(_array("int32_t", f"ob_q8_zw_{i}", l8.zw))
             out.append(_array("int32_t", f"ob_q8_zwn_{i}", l8.zwn))
             fields.update(q8_zw=f"ob_q8_zw_{i}", q8_zwn=f"ob_q8_zwn_{i}", q8_m=l8.m, q8_sh=l8.sh, q8_z=l8.z, q8_a_m=l8.a_m, q8_a_sh=l8.a_sh,
-                          q8_act_sh=l8.act_sh)
+                          q8_act_sh=l8.act_sh, q8_i32=l8.i32)
             if l8.act_m:
                 out.append(_array("int32_t", f"ob_q8_act_m_{i}", l8.act_m))
                 out.append(_array("int32_t", f"ob_q8_act_b_{i}", l8.act_b))

@@ -71,6 +71,7 @@ class LayerQ8:
     act_m: list[int] = field(default_factory=list)   # affine_relu per channel: acc -> T or R -> A
     act_b: list[int] = field(default_factory=list)
     act_sh: int = 1
+    i32: int = 0          # 1: every value of this layer's output step provably fits in int32 (fits_int32)
 
 
 @dataclass
@@ -93,6 +94,44 @@ class Q8Params:
         d = dict(d)
         d["layers"] = [LayerQ8(**layer) for layer in d["layers"]]
         return cls(**d)
+
+
+I32 = 2 ** 31 - 1
+
+
+def _rq_ok(v_max: float, m: int | list[int], sh: int) -> float | None:
+    """The largest |rq(v, m, sh)| for |v| <= v_max, or None when the 32-bit form of rq cannot compute it
+    exactly: for sh < 32 the C runtime shifts v left by 32 - sh first (ob_rq_hi), which must fit in int32."""
+    ms = m if isinstance(m, list) else [m]
+    m_max = max((abs(int(x)) for x in ms), default=0)
+    if sh < 32 and v_max * 2 ** (32 - sh) > I32:
+        return None
+    return v_max * m_max / 2 ** sh + 1
+
+
+def fits_int32(step, lq: "LayerQ8", l16) -> bool:
+    """Whether every operand, rescale and sum of ``step``'s output step stays within int32 for any input
+    (bounds: |acc - zw| <= 255 * taps, |R| <= 32767, a pool window sums <= 9 values), so that the C runtime
+    may run it in 32-bit arithmetic with the same results (ob_out8_s32); else it uses int64."""
+    acc_max = UMAX * step.k * step.k * step.cin_p
+    bounds = []
+    if step.epilogue == "head":
+        return False
+    if step.epilogue == "act":
+        bounds.append(_rq_ok(acc_max, lq.m, lq.sh) if step.act.kind == "srelu"
+                      else _rq_ok(acc_max, lq.act_m, lq.act_sh))
+    else:
+        first = _rq_ok(acc_max, lq.m, lq.sh)
+        if step.res == "identity":
+            second = _rq_ok(QMAX, l16.q_res_m, l16.q_res_sh)
+        elif step.res == "pool":
+            second = _rq_ok(9 * QMAX, l16.q_pool_m, l16.q_pool_sh)
+        else:
+            second = 0.0
+        bounds += [first, second, None if first is None or second is None else first + second]
+        bounds.append(_rq_ok(QMAX, lq.a_m, lq.a_sh) if step.act.kind == "srelu"
+                      else _rq_ok(QMAX, lq.act_m, lq.act_sh))
+    return all(b is not None and b + 2 * UMAX + max(map(abs, lq.act_b), default=0) < I32 for b in bounds)
 
 
 def _input_range(prog: Program) -> tuple[float, float]:
@@ -168,6 +207,8 @@ def calibrate_int8(prog: Program, ranges: dict[str, float], qp: QParams) -> Q8Pa
             head_m = M.tolist()
             head_b = np.floor(prog.head_b * (npix / pool_div) / s_logit + 0.5).astype(np.int64).tolist()
         layers.append(lq)
+    for step, lq, l16 in zip(prog.steps, layers, qp.layers):
+        lq.i32 = int(fits_int32(step, lq, l16))
 
     pixels = np.arange(256, dtype=np.float64)
     lut = []
@@ -235,4 +276,4 @@ def run_program_int8(prog: Program, qp: QParams, q8: Q8Params, images: torch.Ten
 
 
 __all__ = ["Q8Params", "LayerQ8", "calibrate_int8", "run_program_int8", "byte_tensors", "srelu_zero", "wsum",
-           "UMAX"]
+           "fits_int32", "UMAX"]
