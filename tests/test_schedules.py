@@ -40,3 +40,16 @@ def test_warmup_ramps_linearly_up_to_the_schedule_then_follows_it():
     assert all(w == pytest.approx(p * (t + 1) / 20) for t, (w, p) in enumerate(zip(warm[:20], plain[:20])))
     assert warm[20:] == plain[20:]
     assert learning_rate(0, spe, epochs, "restarts", 0.1, 0.0, 2, warmup_epochs=1) == pytest.approx(0.01)
+
+
+def test_restarts_follow_the_first_cycle_given_and_unknown_schedules_are_named():
+    """learning_rate passes first_cycle on: with 3-epoch first cycles (3 + 6 epochs) the rate restarts at
+    epoch 3, not at epoch 2 as the default (2 + 4 + ...) would; an unknown name is refused by name."""
+    import pytest
+
+    spe = 10
+    lr = [learning_rate(s, spe, 9, "restarts", 0.1, 0.0, first_cycle=3) for s in range(9 * spe)]
+    assert lr[3 * spe] == pytest.approx(0.1) and lr[2 * spe] < 0.05          # restart at epoch 3 only
+    assert lr[3 * spe - 1] < 1e-3 and lr[-1] < 1e-3
+    with pytest.raises(ValueError, match=r"unknown schedule 'step'; choose from \('cosine', 'restarts'\)"):
+        learning_rate(0, spe, 9, "step", 0.1, 0.0)
