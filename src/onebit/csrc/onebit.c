@@ -326,21 +326,28 @@ static void ob_input_q(const uint8_t *img, unsigned char *arena)
                     ob_in_lut[c][img[(size_t)c * hw + (size_t)y * ONEBIT_IN_W + (size_t)xx]];
 }
 
-static void ob_head_q(const unsigned char *arena, float *logits, int32_t *lq)
+/* the integer modes' logits from the head's per-pixel sums: rq(sum over space, qm_c, qsh) + qb_c, int32 */
+static void ob_head_int(const int32_t *head, const int32_t *qm, const int32_t *qb, int qsh, float *logits,
+                        int32_t *lq)
 {
     const ob_layer *L = &ob_layers[ONEBIT_NUM_LAYERS - 1];
-    const int32_t *head = (const int32_t *)(arena + ob_slot_i[ONEBIT_HEAD_SLOT]);
     const size_t npix = (size_t)L->oh * (size_t)L->ow;
     size_t p;
     int c;
     for (c = 0; c < ONEBIT_NUM_CLASSES; c++) {
         int64_t s = 0, q;
         for (p = 0; p < npix; p++) s += head[p * ONEBIT_NUM_CLASSES + (size_t)c];
-        q = ob_rq(s, ob_head_qm[c], ONEBIT_HEAD_QSH) + ob_head_qb[c];
+        q = ob_rq(s, qm[c], qsh) + qb[c];
         q = q > INT32_MAX ? INT32_MAX : (q < -INT32_MAX ? -INT32_MAX : q);
         if (lq) lq[c] = (int32_t)q;
         if (logits) logits[c] = (float)q * ONEBIT_LOGIT_SCALE;   /* the only float operation of the mode */
     }
+}
+
+static void ob_head_q(const unsigned char *arena, float *logits, int32_t *lq)
+{
+    ob_head_int((const int32_t *)(arena + ob_slot_i[ONEBIT_HEAD_SLOT]), ob_head_qm, ob_head_qb, ONEBIT_HEAD_QSH,
+                logits, lq);
 }
 #endif
 
@@ -474,19 +481,8 @@ static void ob_input_8(const uint8_t *img, unsigned char *arena)
 
 static void ob_head_8(const unsigned char *arena, float *logits, int32_t *lq)
 {
-    const ob_layer *L = &ob_layers[ONEBIT_NUM_LAYERS - 1];
-    const int32_t *head = (const int32_t *)(arena + ob_slot_8[ONEBIT_HEAD_SLOT]);
-    const size_t npix = (size_t)L->oh * (size_t)L->ow;
-    size_t p;
-    int c;
-    for (c = 0; c < ONEBIT_NUM_CLASSES; c++) {
-        int64_t s = 0, q;
-        for (p = 0; p < npix; p++) s += head[p * ONEBIT_NUM_CLASSES + (size_t)c];
-        q = ob_rq(s, ob_head_qm8[c], ONEBIT_HEAD_QSH8) + ob_head_qb8[c];
-        q = q > INT32_MAX ? INT32_MAX : (q < -INT32_MAX ? -INT32_MAX : q);
-        if (lq) lq[c] = (int32_t)q;
-        if (logits) logits[c] = (float)q * ONEBIT_LOGIT_SCALE;
-    }
+    ob_head_int((const int32_t *)(arena + ob_slot_8[ONEBIT_HEAD_SLOT]), ob_head_qm8, ob_head_qb8, ONEBIT_HEAD_QSH8,
+                logits, lq);
 }
 #endif
 

@@ -210,6 +210,20 @@ def _per_channel(v: list[int]) -> np.ndarray:
     return np.asarray(v, dtype=np.int64).reshape(1, -1, 1, 1)
 
 
+def add_shortcut(step, lq: LayerQ, v: np.ndarray, r_prev: np.ndarray | None) -> np.ndarray:
+    """``v`` (the rescaled convolution, R's scale) plus the shortcut of the int16 ``r_prev``: the identity
+    ``rq(R_prev, q_res_m, q_res_sh)`` or the 3x3 stride-2 pool ``rq(window sum, q_pool_m[count],
+    q_pool_sh)`` over the real pixels, into the first channels. Shared by the int16 and 8-bit modes."""
+    if step.res == "identity":
+        return v + rq(r_prev, lq.q_res_m, lq.q_res_sh)
+    if step.res == "pool":
+        sums, counts = pool_sum_count(torch.from_numpy(r_prev.astype(np.float64)), step.res_pad, step.out_hw)
+        m = np.asarray(lq.q_pool_m, dtype=np.int64)[counts.numpy().astype(np.int64)]
+        v = v.copy()
+        v[:, :r_prev.shape[1]] += rq(sums.numpy().astype(np.int64), m, lq.q_pool_sh)
+    return v
+
+
 def run_program_int(prog: Program, qp: QParams, images: torch.Tensor | np.ndarray) -> np.ndarray:
     """Integer logits (int64, scale ``2^-logit_frac``) of ``images`` (uint8 NCHW), bit-exact with C."""
     img = np.asarray(images).astype(np.int64)
@@ -227,16 +241,7 @@ def run_program_int(prog: Program, qp: QParams, images: torch.Tensor | np.ndarra
                 t = rq(acc, _per_channel(lq.q_act_m), lq.q_act_sh) + _per_channel(lq.q_act_b)
                 env[step.out] = sat16(np.maximum(t, 0))
         elif step.epilogue == "res":
-            v = rq(acc, lq.q_m, lq.q_sh)
-            if step.res == "identity":
-                v = v + rq(env[step.res_src], lq.q_res_m, lq.q_res_sh)
-            elif step.res == "pool":
-                r = env[step.res_src]
-                sums, counts = pool_sum_count(torch.from_numpy(r.astype(np.float64)), step.res_pad, step.out_hw)
-                sums = sums.numpy().astype(np.int64)
-                m = np.asarray(lq.q_pool_m, dtype=np.int64)[counts.numpy().astype(np.int64)]
-                v[:, :r.shape[1]] += rq(sums, m, lq.q_pool_sh)
-            r = sat16(v)
+            r = sat16(add_shortcut(step, lq, rq(acc, lq.q_m, lq.q_sh), env.get(step.res_src)))
             if step.out:
                 env[step.out] = r
             if step.act.kind == "srelu":
@@ -251,5 +256,5 @@ def run_program_int(prog: Program, qp: QParams, images: torch.Tensor | np.ndarra
     return logits
 
 
-__all__ = ["QParams", "LayerQ", "calibrate", "measure_ranges", "run_program_int", "frac_bits",
+__all__ = ["QParams", "LayerQ", "calibrate", "measure_ranges", "add_shortcut", "run_program_int", "frac_bits",
            "multiplier", "rq", "sat16"]

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from onebit.errors import ConfigError
-from onebit.export.c_program import Program, conv_pm1, pool_sum_count, raw_name
-from onebit.export.fixed_point import QMAX, QParams, multiplier, rq, sat16
+from onebit.export.c_program import Program, conv_pm1, raw_name
+from onebit.export.fixed_point import QMAX, QParams, add_shortcut, multiplier, rq, sat16
 
 UMAX = 255
 
@@ -252,16 +252,7 @@ def run_program_int8(prog: Program, qp: QParams, q8: Q8Params, images: torch.Ten
             else:
                 env[step.out] = _byte(rq(acc, _per_channel(lq.act_m), lq.act_sh) + _per_channel(lq.act_b))
         elif step.epilogue == "res":
-            v = rq(acc, lq.m, lq.sh)
-            if step.res == "identity":
-                v = v + rq(env[step.res_src], l16.q_res_m, l16.q_res_sh)
-            elif step.res == "pool":
-                r = env[step.res_src]
-                sums, counts = pool_sum_count(torch.from_numpy(r.astype(np.float64)), step.res_pad, step.out_hw)
-                sums = sums.numpy().astype(np.int64)
-                m = np.asarray(l16.q_pool_m, dtype=np.int64)[counts.numpy().astype(np.int64)]
-                v[:, :r.shape[1]] += rq(sums, m, l16.q_pool_sh)
-            r = sat16(v)
+            r = sat16(add_shortcut(step, l16, rq(acc, lq.m, lq.sh), env.get(step.res_src)))
             if step.out:
                 env[step.out] = r
             if step.act.kind == "srelu":
