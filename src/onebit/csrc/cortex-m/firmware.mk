@@ -12,6 +12,9 @@ QEMU ?= qemu-system-arm
 IMAGES ?= images.bin
 FW_FLAGS ?=
 FW_LDFLAGS ?=
+# the firmware is optimised harder than the host build (-O2): in 8-bit mode -O3 executes ~9% fewer
+# instructions (WRN-8-1) for ~3 KB more code; FW_OPT=-O2 or -Os to trade back
+FW_OPT ?= -O3
 FW_MODE_int = ONEBIT_INT
 FW_MODE_int8 = ONEBIT_INT8
 FW_MODE_float = ONEBIT_FLOAT
@@ -21,7 +24,7 @@ FW_HEADERS = $(HEADERS) cortex-m/ob_semihost.h cortex-m/boards/$(BOARD).ld corte
 firmware: firmware-$(MODE).elf
 
 firmware-$(MODE).elf: $(FW_SOURCES) $(FW_HEADERS)
-	$(CC) $(OB_CFLAGS) $(CFLAGS) $(ARCH) $(SIMD) $(FW_FLAGS) -ffunction-sections -fdata-sections -I. -Icortex-m \
+	$(CC) $(OB_CFLAGS) $(CFLAGS) $(FW_OPT) $(ARCH) $(SIMD) $(FW_FLAGS) -ffunction-sections -fdata-sections -I. -Icortex-m \
 	    -DOB_FIRMWARE_MODE=$(FW_MODE_$(MODE)) -nostartfiles -Lcortex-m/boards -T cortex-m/boards/$(BOARD).ld \
 	    -Wl,--gc-sections -Wl,--defsym=OB_STACK_BYTES=$(STACK) $(FW_LDFLAGS) -Wl,-Map=firmware-$(MODE).map \
 	    -o $@ $(FW_SOURCES)
