@@ -46,6 +46,7 @@ def test_he_normal_init_std():
     torch.manual_seed(0)
     conv = BinaryConv2d(64, 64, 3)
     assert conv.weight.std().item() == pytest.approx(he_scale(3, 3, 64), rel=0.02)
+    assert abs(conv.weight.mean().item()) < 0.05 * he_scale(3, 3, 64)      # zero-mean (He-normal)
 
 
 def test_invalid_weight_bits():
@@ -56,3 +57,43 @@ def test_invalid_weight_bits():
 def test_shifted_relu():
     x = torch.tensor([-3.0, -1.0, -0.5, 0.0, 2.0])
     assert ShiftedReLU()(x).tolist() == [-1.0, -1.0, -0.5, 0.0, 2.0]
+
+
+@pytest.mark.parametrize("kernel, stride, size", [(3, 1, 8), (3, 2, 8), (3, 2, 9), (1, 1, 6), (1, 2, 6), (5, 1, 7)])
+@pytest.mark.parametrize("pad_mode", ["symmetric", "tf_same"])
+def test_binary_conv_geometry_in_both_padding_modes(kernel, stride, size, pad_mode):
+    """Output equals conv2d with c * sign(w): symmetric padding k // 2, or TensorFlow 'same' for strided
+    convolutions (the extra row and column after: 0 before / 1 after on even inputs, 1 / 1 on odd)."""
+    torch.manual_seed(1)
+    conv = BinaryConv2d(3, 5, kernel, stride=stride, pad_mode=pad_mode)
+    assert conv.bias is None and conv.padding == (kernel // 2, kernel // 2) and conv.stride == (stride, stride)
+    assert conv.weight_bits == 1 and conv.pad_mode == pad_mode
+    x = torch.randn(2, 3, size, size)
+    w = torch.where(conv.weight >= 0, conv.scale, -conv.scale)
+    if pad_mode == "tf_same" and stride > 1 and kernel > 1:
+        total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+        assert (total // 2, total - total // 2) == ((0, 1) if size % 2 == 0 else (1, 1))
+        ref = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (total // 2, total - total // 2) * 2), w,
+                                         stride=stride)
+    else:
+        ref = torch.nn.functional.conv2d(x, w, stride=stride, padding=kernel // 2)
+    out = conv(x)
+    assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-6)
+    assert f"weight_bits=1, scale={conv.scale:.5f}" in repr(conv)
+
+
+def test_tf_same_pad_adds_nothing_when_the_kernel_fits():
+    from onebit.nn.layers import tf_same_pad
+
+    x = torch.randn(1, 2, 6, 6)
+    assert torch.equal(tf_same_pad(x, 1, 2), x)                     # 1x1 stride 2: no padding at all
+    assert tf_same_pad(x, 3, 2).shape[-2:] == (7, 7)                # 0 before, 1 after
+
+
+def test_sign_ste_keeps_the_weight_dtype_and_bad_options_are_named():
+    w = torch.tensor([-1.0, 2.0], dtype=torch.bfloat16)
+    assert sign_ste(w, 0.5).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="weight_bits must be 1 or 32, got 2"):
+        BinaryConv2d(3, 3, 3, weight_bits=2)
+    with pytest.raises(ValueError, match="pad_mode must be 'symmetric' or 'tf_same', got 'same'"):
+        BinaryConv2d(3, 3, 3, pad_mode="same")
