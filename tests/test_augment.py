@@ -82,3 +82,54 @@ def test_ranks_split_the_global_batch():
     for step, (xb, yb) in enumerate(whole):
         assert torch.equal(torch.cat([parts[0][step][0], parts[1][step][0]]), xb)
         assert torch.equal(torch.cat([parts[0][step][1], parts[1][step][1]]), yb)
+
+
+def _cutout_mask(size, n=2000, hw=8, seed=5):
+    """Where random_cutout put noise: the same generator on an all-0 and an all-255 batch draws the same
+    patches and noise, so the two outputs agree exactly on the patch and nowhere else."""
+    zeros = torch.zeros(n, 1, hw, hw, dtype=torch.uint8)
+    out0 = random_cutout(zeros, size, gen(seed))
+    out255 = random_cutout(zeros + 255, size, gen(seed))
+    assert out0.dtype == out255.dtype == torch.uint8
+    return (out0 == out255)[:, 0], out0[:, 0]
+
+
+def test_cutout_patches_are_whole_squares_centred_anywhere_and_filled_with_full_range_noise():
+    mask, noise = _cutout_mask(4)
+    rows, cols = mask.any(2), mask.any(1)                       # (n, hw): rows / columns the patch covers
+    assert mask.sum(dim=(1, 2)).eq(rows.sum(1) * cols.sum(1)).all()          # one axis-aligned rectangle
+    inside = (rows.sum(1) == 4) & (cols.sum(1) == 4)
+    assert inside.any() and mask[inside].reshape(-1, 64).sum(1).eq(16).all()  # a whole 4 x 4 patch
+    # centres uniform over the image, top-left at centre - size // 2: a centre on row 0 leaves rows 0-1,
+    # one on the last row rows 6-7; nothing hangs over by more
+    heights_at_top = rows.sum(1)[rows[:, 0]]
+    assert heights_at_top.min() == 2 and (rows.sum(1) >= 2).all()
+    widths_at_left = cols.sum(1)[cols[:, 0]]
+    assert widths_at_left.min() == 2 and (cols.sum(1) >= 2).all()
+    assert rows[:, -1].any() and cols[:, -1].any()
+    values = noise[mask]
+    assert values.min() == 0 and values.max() == 255            # uniform 0..255 noise, both ends reached
+
+
+def test_cutout_of_one_pixel_and_of_nothing():
+    mask, _ = _cutout_mask(1, n=200)
+    assert mask.sum(dim=(1, 2)).eq(1).all()
+    x = images(4)
+    assert torch.equal(random_cutout(x, 0, gen()), x)
+
+
+def test_translate_reaches_every_shift_fills_with_full_range_noise_and_keeps_uint8():
+    x = torch.zeros(400, 1, 16, 16, dtype=torch.uint8)
+    x[:, :, 8, 8] = 1                                           # a marker pixel (noise may also be 1)
+    shifted = random_translate(x + 0, 2, gen(9))
+    assert shifted.dtype == torch.uint8 and shifted.shape == x.shape
+    zero = torch.zeros_like(x)
+    zero_out = random_translate(zero, 2, gen(9))                # same draws: where the two differ is the marker
+    where = (shifted != zero_out)[:, 0].nonzero()
+    dys, dxs = where[:, 1] - 8, where[:, 2] - 8
+    assert len(where) == 400                                    # one marker per image, never cut off
+    assert set(dys.tolist()) == set(range(-2, 3)) and set(dxs.tolist()) == set(range(-2, 3))
+    # the exposed border is noise over the full 0..255: a 0 in a shifted all-255 image, and a 255 in a
+    # shifted all-0 one, can only be noise
+    assert (random_translate(zero + 255, 2, gen(4)) == 0).any() and (zero_out == 255).any()
+    assert not torch.equal(random_translate(x + 0, 1, gen(3)), x)         # a shift of at most 1 is a shift
