@@ -12,8 +12,8 @@ QEMU ?= qemu-system-arm
 IMAGES ?= images.bin
 FW_FLAGS ?=
 FW_LDFLAGS ?=
-# the firmware is optimised harder than the host build (-O2): in 8-bit mode -O3 executes ~9% fewer
-# instructions (WRN-8-1) for ~3 KB more code; FW_OPT=-O2 or -Os to trade back
+# the firmware is optimised harder than the host build (-O2): -O3 executes fewer instructions for a little
+# more code; FW_OPT=-O2 or -Os to trade back
 FW_OPT ?= -O3
 FW_MODE_int = ONEBIT_INT
 FW_MODE_int8 = ONEBIT_INT8
