@@ -133,3 +133,16 @@ def test_translate_reaches_every_shift_fills_with_full_range_noise_and_keeps_uin
     # shifted all-0 one, can only be noise
     assert (random_translate(zero + 255, 2, gen(4)) == 0).any() and (zero_out == 255).any()
     assert not torch.equal(random_translate(x + 0, 1, gen(3)), x)         # a shift of at most 1 is a shift
+
+
+def test_every_draw_follows_the_batch_device_not_the_default_device():
+    """Each augmentation creates its noise, offsets and masks on the batch's device: with the default
+    device set elsewhere (here 'meta', as a user's ``torch.set_default_device('cuda')`` would), a tensor
+    made without ``device=x.device`` lands on it, and the result is no longer the same CPU batch."""
+    x = images(8)
+    for augment in (lambda x, g: random_translate(x, 3, g), random_flip, lambda x, g: random_cutout(x, 5, g),
+                    Augmentation(translate=2, flip=True, cutout=3)):
+        expected = augment(x, gen(5))
+        with torch.device("meta"):
+            out = augment(x, gen(5))
+        assert out.device == x.device and torch.equal(out, expected)
