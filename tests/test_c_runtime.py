@@ -151,9 +151,11 @@ def test_simd_kernels_identical_to_portable(cifar, tmp_path):
     if {"avx512f", "avx512bw"} <= flags:
         variants["avx512"] = "-mavx2 -mfma -mavx512f -mavx512bw"
         if "avx512_vnni" in flags and "bmi2" in flags:
-            variants["avx512-vnni"] = SIMD_VARIANTS["native"]
+            variants["avx512-vnni"] = SIMD_VARIANTS["native"] + " -DONEBIT_NO_AMX"
             if "avx512vbmi" in flags:           # the 8-bit kernel's other weight path (BMI2 pdep)
-                variants["avx512-vnni-pdep"] = SIMD_VARIANTS["native"] + " -mno-avx512vbmi"
+                variants["avx512-vnni-pdep"] = SIMD_VARIANTS["native"] + " -mno-avx512vbmi -DONEBIT_NO_AMX"
+            if "amx_int8" in flags:             # the 8-bit kernel on AMX tiles (where Linux grants them)
+                variants["avx512-amx"] = SIMD_VARIANTS["native"]
     if len(variants) == 1:
         pytest.skip("this CPU has neither AVX2+FMA nor AVX-512")
     images, calib = cifar
@@ -167,6 +169,9 @@ def test_simd_kernels_identical_to_portable(cifar, tmp_path):
         bench = subprocess.run([str(exe), "--bench", "1", str(out / "images.bin")], capture_output=True,
                                text=True, check=True).stdout
         assert re.search(r"kernels (\w+)", bench).group(1) == name.split("-")[0]
+        bench8 = subprocess.run([str(exe), "--bench", "1", "--int8", str(out / "images.bin")], capture_output=True,
+                                text=True, check=True).stdout
+        assert re.search(r"kernels ([\w-]+)", bench8).group(1) == name.removesuffix("-pdep")
         results[name] = (run_demo(exe, out / "images.bin")[0], run_demo(exe, out / "images.bin", "--int", "--raw")[0],
                          run_demo(exe, out / "images.bin", "--int8", "--raw")[0])
     base_f, base_q, base_8 = results.pop("portable")
@@ -175,6 +180,24 @@ def test_simd_kernels_identical_to_portable(cifar, tmp_path):
         assert np.array_equal(q, base_q), name
         assert np.array_equal(q8, base_8), name
     check_float(build(out, "demo_native", SIMD_VARIANTS["native"]), out, model, images)
+
+
+@needs_cc
+def test_amx_channel_steps_identical_to_portable(cifar, tmp_path):
+    """The AMX kernel's channel steps: 48 channels (tiles narrower than 64 bytes), 96 (a last step of 32
+    that overlaps the first, its repeated rows zeroed), 192 (three whole steps), and the stem's 4."""
+    if "amx_int8" not in cpu_flags():
+        pytest.skip("this CPU has no AMX-INT8")
+    images, calib = cifar
+    images, calib = images[:8, :, 6:26, 6:26].contiguous(), calib[:, :, 6:26, 6:26].contiguous()
+    model = make_model(WRNConfig(depth=8, width=3, norm="none"), calib, seed=2)
+    out = export_and_write(model, tmp_path, images, calib, size=20)
+    amx, portable = build(out, "demo_amx", SIMD_VARIANTS["native"]), build(out, "demo_portable", SIMD_VARIANTS["portable"])
+    bench8 = subprocess.run([str(amx), "--bench", "1", "--int8", str(out / "images.bin")], capture_output=True,
+                            text=True, check=True).stdout
+    assert "kernels avx512-amx" in bench8
+    assert np.array_equal(run_demo(amx, out / "images.bin", "--int8", "--raw")[0],
+                          run_demo(portable, out / "images.bin", "--int8", "--raw")[0])
 
 
 @needs_cc

@@ -277,10 +277,10 @@ static void ob_ki(const int16_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k
  * half is not computed. Needs cin % 4 == 0 (the export's condition for the 8-bit mode). */
 #define OB_HAVE_K8
 #if defined(__AVX512VNNI__)
-#define OB_KERNEL8_NAME "avx512-vnni"
+#define OB_KERNEL8_ZMM_NAME "avx512-vnni"
 #define OB_DP8(A, V, W) A = _mm512_dpbusd_epi32(A, V, W)
 #else
-#define OB_KERNEL8_NAME "avx512"
+#define OB_KERNEL8_ZMM_NAME "avx512"
 #define OB_DP8(A, V, W) A = _mm512_add_epi32(A, _mm512_madd_epi16(_mm512_maddubs_epi16(V, W), ones16))
 #endif
 
@@ -322,17 +322,23 @@ static inline __mmask64 ob_w8_mask(const uint8_t *wr, int shift)
                            *(hi) = _mm512_mask_blend_epi8(ob_w8_mask(wr, 16), neg, pos))
 #endif
 
-static void ob_k8(const uint8_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
-                  int mr, int nco, int32_t *acc)
-{
-    const __m512i pos = _mm512_set1_epi8(1), neg = _mm512_set1_epi8(-1);
+/* the +-1 bytes' constants of OB_W8 */
 #if defined(__AVX512VBMI__)
-    /* byte 4j + c of lo takes byte j of channel c (a: c = 0, 1 at 32c + j; b: c = 2, 3 at 64 + 32(c-2) + j) */
-    const __m512i idx_lo = _mm512_set_epi32(
-        0x6f4f2f0f, 0x6e4e2e0e, 0x6d4d2d0d, 0x6c4c2c0c, 0x6b4b2b0b, 0x6a4a2a0a, 0x69492909, 0x68482808,
-        0x67472707, 0x66462606, 0x65452505, 0x64442404, 0x63432303, 0x62422202, 0x61412101, 0x60402000);
+#define OB_W8_CONSTANTS \
+    const __m512i pos = _mm512_set1_epi8(1), neg = _mm512_set1_epi8(-1); \
+    /* byte 4j + c of lo takes byte j of channel c (a: c = 0, 1 at 32c + j; b: c = 2, 3 at 64 + 32(c-2) + j) */ \
+    const __m512i idx_lo = _mm512_set_epi32( \
+        0x6f4f2f0f, 0x6e4e2e0e, 0x6d4d2d0d, 0x6c4c2c0c, 0x6b4b2b0b, 0x6a4a2a0a, 0x69492909, 0x68482808, \
+        0x67472707, 0x66462606, 0x65452505, 0x64442404, 0x63432303, 0x62422202, 0x61412101, 0x60402000); \
     const __m512i idx_hi = _mm512_add_epi8(idx_lo, _mm512_set1_epi8(16));
+#else
+#define OB_W8_CONSTANTS const __m512i pos = _mm512_set1_epi8(1), neg = _mm512_set1_epi8(-1);
 #endif
+
+static void ob_k8_zmm(const uint8_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
+                      int mr, int nco, int32_t *acc)
+{
+    OB_W8_CONSTANTS
 #if !defined(__AVX512VNNI__)
     const __m512i ones16 = _mm512_set1_epi16(1);
 #endif
@@ -384,5 +390,115 @@ static void ob_k8(const uint8_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k
         memcpy(acc, tmp, (size_t)mr * sizeof tmp[0]);
     }
 }
+
+#if defined(__AMX_INT8__) && defined(__AMX_TILE__) && defined(__linux__) && defined(__x86_64__) && \
+    !defined(ONEBIT_NO_AMX)
+/* AMX-INT8 (Sapphire Rapids and later): tdpbusd multiplies a tile A of M rows x 64 bytes (u8) with a tile B
+ * of 16 rows x 64 bytes (s8, row r: four bytes per output column n, k = 4r..4r+3) into C, M x 16 int32:
+ * C[m][n] += sum_k A[m][k] B[k/4][4n + k%4]. Row m of A is pixel m's bytes u[ci..ci+63] of one tap, loaded
+ * with the pixel stride as the row stride (no copy); row r of B is exactly OB_W8's vector for input
+ * channels ci+4r..ci+4r+3, built into a 1 KB buffer per 16 outputs. Up to 32 pixels x 32 outputs: C tiles
+ * 0-3 (pixels 0-15 / 16-31 x outputs 0-15 / 16-31), A tiles 4-5, B tiles 6-7. Channels in steps of 64;
+ * cin < 64 makes the tiles cin bytes wide, and a last step of cin % 64 channels is the 64 channels ending
+ * at cin with the B rows of those already summed set to 0. The integer sums are the same as every other
+ * kernel's. Linux hands out the tile state only on request (arch_prctl ARCH_REQ_XCOMP_PERM, kernel 5.16+):
+ * ob_kernels_init asks once; where that fails the VNNI kernel above runs instead. */
+#define OB_K8_AMX
+#define OB_MR8 32
+#define OB_KERNEL8_NAME (ob_amx_ok > 0 ? "avx512-amx" : OB_KERNEL8_ZMM_NAME)
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} ob_tilecfg;
+
+static int ob_amx_ok;                   /* 0: not asked yet, 1: tiles usable, -1: not */
+
+static void ob_kernels_init(void)
+{
+    if (!ob_amx_ok) {                   /* raw syscall: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) */
+        long rc;
+        __asm__ volatile("syscall" : "=a"(rc) : "0"(158L), "D"(0x1023L), "S"(18L) : "rcx", "r11", "memory");
+        ob_amx_ok = rc == 0 ? 1 : -1;
+    }
+}
+
+static void ob_k8_amx(const uint8_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
+                      int mr, int nco, int32_t *acc)
+{
+    OB_W8_CONSTANTS
+    uint8_t b[2][16][64];
+    ob_tilecfg cfg;
+    const int m0 = mr < 16 ? mr : 16, m1 = mr - m0, hi = nco > 16, kb = cin < 64 ? cin : 64;
+    int ky, kx, ci, r, t;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (t = 0; t < 4; t++) {           /* C: rows = pixels, 16 int32 columns */
+        if ((t & 1) && !hi) continue;
+        if (t >= 2 && !m1) continue;
+        cfg.rows[t] = (uint8_t)(t < 2 ? m0 : m1);
+        cfg.colsb[t] = 64;
+    }
+    cfg.rows[4] = (uint8_t)m0; cfg.colsb[4] = (uint16_t)kb;
+    if (m1) { cfg.rows[5] = (uint8_t)m1; cfg.colsb[5] = (uint16_t)kb; }
+    cfg.rows[6] = (uint8_t)(kb / 4); cfg.colsb[6] = 64;
+    if (hi) { cfg.rows[7] = (uint8_t)(kb / 4); cfg.colsb[7] = 64; }
+    _tile_loadconfig(&cfg);
+    _tile_zero(0);
+    if (hi) _tile_zero(1);
+    if (m1) { _tile_zero(2); if (hi) _tile_zero(3); }
+    for (ky = 0; ky < k; ky++) {
+        for (kx = 0; kx < k; kx++) {
+            const uint8_t *a = x + ky * row + (ptrdiff_t)kx * cin;
+            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * OB_TAP_BYTES;
+            for (ci = 0; ci < cin; ci += 64) {
+                const int c0 = cin >= 64 && ci + 64 > cin ? cin - 64 : ci;   /* the 64 channels ending at cin */
+                for (r = 0; r < kb / 4; r++) {
+                    __m512i lo, hv;
+                    if (c0 + 4 * r < ci) {                                    /* summed by the step before */
+                        lo = hv = _mm512_setzero_si512();
+                    } else {
+                        OB_W8(wr + OB_TAP_BYTES * (c0 + 4 * r), &lo, &hv);
+                    }
+                    _mm512_storeu_si512(b[0][r], lo);
+                    if (hi) _mm512_storeu_si512(b[1][r], hv);
+                }
+                _tile_loadd(6, b[0], 64);
+                _tile_loadd(4, a + c0, pix);
+                _tile_dpbusd(0, 4, 6);
+                if (m1) { _tile_loadd(5, a + c0 + 16 * pix, pix); _tile_dpbusd(2, 5, 6); }
+                if (hi) {
+                    _tile_loadd(7, b[1], 64);
+                    _tile_dpbusd(1, 4, 7);
+                    if (m1) _tile_dpbusd(3, 5, 7);
+                }
+            }
+        }
+    }
+    _tile_stored(0, acc, OB_NCO * 4);
+    if (hi) _tile_stored(1, acc + 16, OB_NCO * 4);
+    if (m1) {
+        _tile_stored(2, acc + 16 * OB_NCO, OB_NCO * 4);
+        if (hi) _tile_stored(3, acc + 16 * OB_NCO + 16, OB_NCO * 4);
+    }
+    _tile_release();
+}
+
+static void ob_k8(const uint8_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
+                  int mr, int nco, int32_t *acc)
+{
+    int p0;
+    if (ob_amx_ok > 0) {
+        ob_k8_amx(x, pix, row, cin, k, w, mr, nco, acc);
+        return;
+    }
+    for (p0 = 0; p0 < mr; p0 += 8)
+        ob_k8_zmm(x + p0 * pix, pix, row, cin, k, w, mr - p0 < 8 ? mr - p0 : 8, nco, acc + p0 * OB_NCO);
+}
+#else
+#define ob_k8 ob_k8_zmm
 #define OB_MR8 8
+#define OB_KERNEL8_NAME OB_KERNEL8_ZMM_NAME
+#endif
 #endif

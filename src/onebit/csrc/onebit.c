@@ -45,6 +45,9 @@
 #if !defined(OB_MR8)
 #define OB_MR8 OB_MR                    /* pixels per tile of the 8-bit kernel */
 #endif
+#if !defined(OB_K8_AMX)
+static void ob_kernels_init(void) {}    /* what a kernel set must set up once per process (AMX: tile state) */
+#endif
 #if defined(OB_K8_NEG_BIAS)             /* the 8-bit kernel returns sum s u + 255 * (-1 weights) */
 #define OB_ZW(L) ((L)->q8_zwn)
 #else
@@ -81,7 +84,7 @@ size_t onebit_input_bytes(void) { return ONEBIT_INPUT_BYTES; }
 int onebit_has_int(void) { return ONEBIT_HAS_INT; }
 int onebit_has_int8(void) { return ONEBIT_HAS_INT8; }
 #if ONEBIT_HAS_INT8
-const char *onebit_kernel8_name(void) { return OB_KERNEL8_NAME; }
+const char *onebit_kernel8_name(void) { ob_kernels_init(); return OB_KERNEL8_NAME; }
 #else
 const char *onebit_kernel8_name(void) { return "none"; }
 #endif
@@ -720,6 +723,7 @@ int onebit_run(int mode, const uint8_t *images, int n, float *logits, int32_t *l
     if (n < 0 || (n > 0 && (!images || (!logits && !(mode != ONEBIT_FLOAT && logits_q))))) return ONEBIT_EARGS;
     if (!arena || ((uintptr_t)arena % ONEBIT_ARENA_ALIGN) || arena_bytes < per) return ONEBIT_EARENA;
     if (n == 0) return ONEBIT_OK;
+    ob_kernels_init();                  /* before any worker thread starts */
     if (threads > OB_MAXT) threads = OB_MAXT;
     if (threads < 1) threads = 1;
     task.mode = mode; task.n = n; task.tid = 0; task.nth = 1; task.tiles = 0; task.images = images;
