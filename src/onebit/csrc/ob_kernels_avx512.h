@@ -402,7 +402,8 @@ static void ob_k8_zmm(const uint8_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, i
  * cin < 64 makes the tiles cin bytes wide, and a last step of cin % 64 channels is the 64 channels ending
  * at cin with the B rows of those already summed set to 0. The integer sums are the same as every other
  * kernel's. Linux hands out the tile state only on request (arch_prctl ARCH_REQ_XCOMP_PERM, kernel 5.16+):
- * ob_kernels_init asks once; where that fails the VNNI kernel above runs instead. */
+ * ob_kernels_init asks once; where that fails the VNNI kernel above runs instead. A thread keeps its tile
+ * configuration between calls (reloaded only when it changes) until ob_kernels_done releases it. */
 #define OB_K8_AMX
 #define OB_MR8 32
 #define OB_KERNEL8_NAME (ob_amx_ok > 0 ? "avx512-amx" : OB_KERNEL8_ZMM_NAME)
@@ -414,6 +415,7 @@ typedef struct {
 } ob_tilecfg;
 
 static int ob_amx_ok;                   /* 0: not asked yet, 1: tiles usable, -1: not */
+static __thread ob_tilecfg ob_tiles_now;   /* this thread's loaded tile configuration (palette 0: none) */
 
 static void ob_kernels_init(void)
 {
@@ -424,14 +426,42 @@ static void ob_kernels_init(void)
     }
 }
 
+static void ob_kernels_done(void)       /* end of a thread's work: give the tile state back */
+{
+    if (ob_tiles_now.palette) {
+        _tile_release();
+        ob_tiles_now.palette = 0;
+    }
+}
+
+/* B rows of step s (tap s / nci, channels from 64 (s % nci), or the 64 ending at cin) into b[0] (outputs
+ * 0-15) and b[1] (16-31) */
+static inline void ob_amx_b(const uint8_t *w, int cin, int nci, int kb, int hi, int s, uint8_t (*b)[16][64])
+{
+    OB_W8_CONSTANTS
+    const int ci = 64 * (s % nci), c0 = cin >= 64 && ci + 64 > cin ? cin - 64 : ci;
+    const uint8_t *wr = w + (size_t)(s / nci) * (size_t)cin * OB_TAP_BYTES;
+    int r;
+    for (r = 0; r < kb / 4; r++) {
+        __m512i lo, hv;
+        if (c0 + 4 * r < ci) {                                  /* summed by the step before */
+            lo = hv = _mm512_setzero_si512();
+        } else {
+            OB_W8(wr + OB_TAP_BYTES * (c0 + 4 * r), &lo, &hv);
+        }
+        _mm512_storeu_si512(b[0][r], lo);
+        if (hi) _mm512_storeu_si512(b[1][r], hv);
+    }
+}
+
 static void ob_k8_amx(const uint8_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
                       int mr, int nco, int32_t *acc)
 {
-    OB_W8_CONSTANTS
     uint8_t b[2][16][64];
     ob_tilecfg cfg;
     const int m0 = mr < 16 ? mr : 16, m1 = mr - m0, hi = nco > 16, kb = cin < 64 ? cin : 64;
-    int ky, kx, ci, r, t;
+    const int nci = (cin + 63) / 64, steps = k * k * nci;
+    int s, t;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
     for (t = 0; t < 4; t++) {           /* C: rows = pixels, 16 int32 columns */
@@ -444,36 +474,25 @@ static void ob_k8_amx(const uint8_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, i
     if (m1) { cfg.rows[5] = (uint8_t)m1; cfg.colsb[5] = (uint16_t)kb; }
     cfg.rows[6] = (uint8_t)(kb / 4); cfg.colsb[6] = 64;
     if (hi) { cfg.rows[7] = (uint8_t)(kb / 4); cfg.colsb[7] = 64; }
-    _tile_loadconfig(&cfg);
+    if (memcmp(&cfg, &ob_tiles_now, sizeof cfg)) {
+        _tile_loadconfig(&cfg);
+        ob_tiles_now = cfg;
+    }
     _tile_zero(0);
     if (hi) _tile_zero(1);
     if (m1) { _tile_zero(2); if (hi) _tile_zero(3); }
-    for (ky = 0; ky < k; ky++) {
-        for (kx = 0; kx < k; kx++) {
-            const uint8_t *a = x + ky * row + (ptrdiff_t)kx * cin;
-            const uint8_t *wr = w + (size_t)(ky * k + kx) * (size_t)cin * OB_TAP_BYTES;
-            for (ci = 0; ci < cin; ci += 64) {
-                const int c0 = cin >= 64 && ci + 64 > cin ? cin - 64 : ci;   /* the 64 channels ending at cin */
-                for (r = 0; r < kb / 4; r++) {
-                    __m512i lo, hv;
-                    if (c0 + 4 * r < ci) {                                    /* summed by the step before */
-                        lo = hv = _mm512_setzero_si512();
-                    } else {
-                        OB_W8(wr + OB_TAP_BYTES * (c0 + 4 * r), &lo, &hv);
-                    }
-                    _mm512_storeu_si512(b[0][r], lo);
-                    if (hi) _mm512_storeu_si512(b[1][r], hv);
-                }
-                _tile_loadd(6, b[0], 64);
-                _tile_loadd(4, a + c0, pix);
-                _tile_dpbusd(0, 4, 6);
-                if (m1) { _tile_loadd(5, a + c0 + 16 * pix, pix); _tile_dpbusd(2, 5, 6); }
-                if (hi) {
-                    _tile_loadd(7, b[1], 64);
-                    _tile_dpbusd(1, 4, 7);
-                    if (m1) _tile_dpbusd(3, 5, 7);
-                }
-            }
+    for (s = 0; s < steps; s++) {
+        const int tap = s / nci, ci = 64 * (s % nci), c0 = cin >= 64 && ci + 64 > cin ? cin - 64 : ci;
+        const uint8_t *a = x + (tap / k) * row + (ptrdiff_t)(tap % k) * cin + c0;
+        ob_amx_b(w, cin, nci, kb, hi, s, b);
+        _tile_loadd(6, b[0], 64);
+        _tile_loadd(4, a, pix);
+        _tile_dpbusd(0, 4, 6);
+        if (m1) { _tile_loadd(5, a + 16 * pix, pix); _tile_dpbusd(2, 5, 6); }
+        if (hi) {
+            _tile_loadd(7, b[1], 64);
+            _tile_dpbusd(1, 4, 7);
+            if (m1) _tile_dpbusd(3, 5, 7);
         }
     }
     _tile_stored(0, acc, OB_NCO * 4);
@@ -482,7 +501,6 @@ static void ob_k8_amx(const uint8_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, i
         _tile_stored(2, acc + 16 * OB_NCO, OB_NCO * 4);
         if (hi) _tile_stored(3, acc + 16 * OB_NCO + 16, OB_NCO * 4);
     }
-    _tile_release();
 }
 
 static void ob_k8(const uint8_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,

@@ -47,6 +47,7 @@
 #endif
 #if !defined(OB_K8_AMX)
 static void ob_kernels_init(void) {}    /* what a kernel set must set up once per process (AMX: tile state) */
+static void ob_kernels_done(void) {}    /* ... and release when a thread's work is done */
 #endif
 #if defined(OB_K8_NEG_BIAS)             /* the 8-bit kernel returns sum s u + 255 * (-1 weights) */
 #define OB_ZW(L) ((L)->q8_zwn)
@@ -652,6 +653,7 @@ static void ob_task_run(const ob_task *t)
                        0, 1, NULL, t->logits ? t->logits + (size_t)i * ONEBIT_NUM_CLASSES : NULL,
                        t->lq ? t->lq + (size_t)i * ONEBIT_NUM_CLASSES : NULL);
     }
+    ob_kernels_done();
 }
 
 #if OB_MAXT > 1
