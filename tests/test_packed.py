@@ -171,7 +171,10 @@ def test_packed_model_predicts_like_the_checkpoint_on_the_test_set(tmp_path, cif
     assert len(a.argmax(1).unique()) > 1            # a model that distinguishes images
 
 
-def test_cli_eval_and_reexport_of_a_packed_model(tmp_path, tiny_cifar10, capsys):
+def test_cli_eval_and_reexport_of_a_packed_model(tmp_path, tiny_cifar10, capsys, monkeypatch):
+    # the export adds the class names of a dataset it finds on disk ($ONEBIT_DATA): none here, so that the
+    # re-export is byte for byte the file it read
+    monkeypatch.setenv("ONEBIT_DATA", str(tmp_path / "no-data"))
     model = calibrated(WRNConfig(depth=8, width=1), random_images(32))
     save_packed(model, tmp_path / "a.onebit", extra_metadata={"origin": "test"})
     assert main(["export", str(tmp_path / "a.onebit"), "-o", str(tmp_path / "b.onebit")]) == 0
