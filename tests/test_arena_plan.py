@@ -4,10 +4,13 @@ input, which must start at least the lag below it."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 
-from onebit.export.c_program import lower
-from onebit.export.arena import lag_bytes, plan_slots
+from onebit.export.arena import ALIGN, lag_bytes, plan_slots
+from onebit.export.c_program import Act, ConvStep, Program, lower
 from onebit.models import ReferenceLayout, WRNConfig, build_model
 
 
@@ -37,7 +40,11 @@ def test_live_tensors_never_collide(cfg, overlap):
         for t in (st.src, st.res_src):
             if t:
                 last[t] = i
-    assert plan.total_8 <= plan.total_i <= plan.total_f
+    assert plan.total_8 < plan.total_i < plan.total_f           # bytes for conv inputs, int16, float32
+    assert plan.overlap is overlap and plan.head_slot == len(plan.slot_of)
+    for values in (plan.offsets_f, plan.offsets_i, plan.offsets_8, [plan.total_f, plan.total_i, plan.total_8]):
+        # c_contract: every slot starts at a multiple of SLOT_ALIGN (integers: they become C literals)
+        assert all(type(v) is int and v >= 0 and v % ALIGN == 0 for v in values), values
     for mode, total, offsets in (("int", plan.total_i, plan.offsets_i), ("float", plan.total_f, plan.offsets_f),
                                  ("int8", plan.total_8, plan.offsets_8)):
         sp = spans(prog, plan, mode)
@@ -103,3 +110,67 @@ def test_overlap_plan_computes_what_the_plain_plan_computes(tmp_path, cifar10_di
     got = np.array([[int(v) for v in line.split()[2:]] for line in text.strip().splitlines()])
     qp = QParams.from_dict(json.loads((out / "onebit_model.json").read_text())["qparams"])
     assert np.array_equal(got, run_program_int(lower(model), qp, images))
+
+
+# ------------------------------------------------------------------------------------- exact, by hand
+
+def test_lag_bytes_by_hand():
+    """``out_base + (oy + 2) * out_row <= in_base + (oy * stride - pad + 1) * in_row`` for every output row oy,
+    and the zero bottom border row: ``(oh + 2) * out_row <= in_base + first row of the last window * in_row``."""
+    step = SimpleNamespace(out_hw=(2, 6), stride=1, pad=1)
+    # equal rows: first rows (0, 1): rows 2r - 0 = 2r, 3r - r = 2r; border 4r - r = 3r
+    assert lag_bytes(step, 256, 256) == 768
+    # out 100, in 60 bytes a row: 200, 300 - 60 = 240; border 400 - 60 = 340
+    assert lag_bytes(step, 100, 60) == 340
+    # 6 rows (non-square: the height counts, not the width): first rows 0..5: border 8 * 100 - 5 * 60 = 500
+    assert lag_bytes(SimpleNamespace(out_hw=(6, 2), stride=1, pad=1), 100, 60) == 500
+    # stride 2, pad 1, 3 rows of 40 over input rows of 100: first rows (0, 2, 4): 80, 120 - 200, 160 - 400;
+    # border 200 - 400: the first row decides
+    assert lag_bytes(SimpleNamespace(out_hw=(3, 5), stride=2, pad=1), 40, 100) == 80
+    # TF 'same' stride 2 has no padding before: first rows (1, 3): 100 - 100 = 0, 150 - 300; border 200 - 300
+    assert lag_bytes(SimpleNamespace(out_hw=(2, 2), stride=2, pad=0), 50, 100) == 0
+
+
+def chain_program() -> Program:
+    """x -> stem (res, no shortcut: a0) -> c1 (act: t1) -> c2 (res, no shortcut: a1) -> head, every tensor
+    (8 channels, 2 x 6) = 4 x 8 x 8 = 256 elements with its border, rows of 64 elements."""
+    def step(name, epilogue, src, **kw):
+        return ConvStep(name=name, cin=8, cin_p=8, cout=8, k=3, stride=1, pad=1, in_hw=(2, 6), out_hw=(2, 6),
+                        scale=1.0, signs=np.zeros((8, 8, 3, 3), dtype=bool), epilogue=epilogue, src=src,
+                        act=Act("srelu"), **kw)
+
+    steps = [step("stem", "res", "x", act_out="a0"), step("c1", "act", "a0", out="t1"),
+             step("c2", "res", "t1", act_out="a1"), step("head", "head", "a1")]
+    return Program(in_c=8, in_c_p=8, in_hw=(2, 6), in_a=np.ones(8), in_b=np.zeros(8), stem_relu=False,
+                   steps=steps, head_a=np.ones(12), head_b=np.zeros(12), head_pool="mean", num_classes=12,
+                   tensors={t: (8, 2, 6) for t in ("x", "a0", "t1", "a1")})
+
+
+def test_plan_of_a_chain_by_hand():
+    """Sizes: float 1024 bytes a tensor (rows 256), int16 512 (rows 128), 8-bit 256 (rows 64: all four are
+    convolution inputs); the head's partial sums 2 x 6 x 12 classes x 4 bytes = 576 in every mode."""
+    prog = chain_program()
+    plan = plan_slots(prog)                                 # default: no overlap
+    assert plan.slot_of == {"x": 0, "a0": 1, "t1": 2, "a1": 3} and plan.head_slot == 4 and plan.overlap is False
+    # first fit: x at 0, a0 after it, t1 back at 0 (x is dead), a1 after t1, the head beside a1:
+    # float: a1 [1024, 2048) leaves [0, 1024) for the head; int16: a1 [512, 1024), the head [0, 576) would
+    # overlap it: after a1 at 1024; 8-bit: a1 [256, 512), the head after it at 512.
+    # Placing top-down below any smaller top fails (x at the top, a0 under it leave no room).
+    assert (plan.offsets_f, plan.total_f) == ([0, 1024, 0, 1024, 0], 2048)
+    assert (plan.offsets_i, plan.total_i) == ([0, 512, 0, 512, 1024], 1600)
+    assert (plan.offsets_8, plan.total_8) == ([0, 256, 0, 256, 512], 1088)
+    assert plan_slots(prog, overlap=False) == plan
+
+    # overlap: a step's output may start lag_bytes = 3 rows below its dying input (test_lag_bytes_by_hand), and
+    # that position is tried first. float (lag 768): a0 at 1024 lets t1 start at 256 (over a0's first rows);
+    # a1 cannot start 768 below t1 (256 - 768 < 0) and goes after it at 1280; the head fits at 0: 2304.
+    # int16 (lag 384): a0 at 512, t1 at 128, a1 after t1 at 640, the head at 0: 1152.
+    # 8-bit (lag 192): first fit gives x 0, a0 256, t1 64, a1 320, the head after a1 at 576: 1152; placed
+    # top-down below 832 each output goes 3 rows under its input (x 576, a0 384, t1 192, a1 0) and the head
+    # [256, 832) sits on the dead x and a0: 832 bytes, the smallest top that works (768 fails: a1 would be at -64,
+    # and above t1 it meets the head).
+    plan = plan_slots(prog, overlap=True)
+    assert plan.overlap is True and plan.slot_of == {"x": 0, "a0": 1, "t1": 2, "a1": 3}
+    assert (plan.offsets_f, plan.total_f) == ([0, 1024, 256, 1280, 0], 2304)
+    assert (plan.offsets_i, plan.total_i) == ([0, 512, 128, 640, 0], 1152)
+    assert (plan.offsets_8, plan.total_8) == ([576, 384, 192, 0, 256], 832)

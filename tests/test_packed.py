@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from onebit.cli import main
 from onebit.errors import OnebitError
-from onebit.export.packed import FORMAT, PackedModelError, load_packed, save_packed
+from onebit.export.packed import FORMAT, PackedModelError, load_packed, pack_bits, save_packed, unpack_bits
 from onebit.loading import load_model_file
 from onebit.models import WRNConfig, build_model
 from onebit.train.checkpoint import save_checkpoint
@@ -89,6 +89,50 @@ def test_bit_layout_is_numpy_packbits_msb_first_over_cout_cin_kh_kw(tmp_path):
     c = math.sqrt(2 / 27)
     expected = torch.where(w >= 0, c, -c)
     assert torch.equal(loaded.stem.effective_weight(), expected)
+
+
+def test_pack_and_unpack_bits_by_hand():
+    # w >= 0 -> 1, MSB first, padding bits 0: 1 0 1 0 1 1 0 1 | 0 1 0 0 0 0 0 0
+    w = torch.tensor([0.0, -1.0, 2.0, -0.5, 3.0, 3.0, -2.0, 1e-9, -1e-9, 5.0, -5.0], requires_grad=True)
+    bits = pack_bits(w)
+    assert bits.dtype == torch.uint8 and bits.tolist() == [0b1010_1101, 0b0100_0000]
+    # C order over (C_out, C_in, kh, kw): the last index varies fastest
+    assert pack_bits(torch.tensor([[[[1.0, -1.0]], [[-1.0, -1.0]]], [[[1.0, 1.0]], [[-1.0, 1.0]]]])).tolist() == \
+        [0b1000_1101]
+    expect = [0.5, -0.5, 0.5, -0.5, 0.5, 0.5, -0.5, 0.5, -0.5, 0.5, -0.5]
+    got = unpack_bits(bits, (11,), 0.5)
+    assert got.dtype == torch.float32 and got.shape == (11,) and got.tolist() == expect
+    # 11 weights of 16 bits: the 5 padding bits are ignored on reading, whatever they hold
+    got = unpack_bits(torch.tensor([0b1010_1101, 0b0101_1111], dtype=torch.uint8), (1, 11, 1, 1), 0.5)
+    assert got.shape == (1, 11, 1, 1) and got.reshape(-1).tolist() == expect
+    c = math.sqrt(2 / 27)                                   # not exact in float32: c and -c as float32 values
+    got = unpack_bits(torch.tensor([0b1100_0000], dtype=torch.uint8), (1, 3), c)
+    assert got.dtype == torch.float32 and got.tolist() == [[float(torch.tensor(c)), float(torch.tensor(c)),
+                                                            -float(torch.tensor(c))]]
+
+
+def test_save_packed_needs_a_wide_resnet(tmp_path):
+    with pytest.raises(TypeError, match=r"^save_packed needs a WideResNet, got Linear$"):
+        save_packed(torch.nn.Linear(2, 2), tmp_path / "x.onebit")
+    assert not (tmp_path / "x.onebit").exists()
+
+
+def test_metadata_is_canonical_json_and_float64_models_are_stored_as_float32(tmp_path):
+    cfg = WRNConfig(depth=8, width=1, norm="bn")
+    model = calibrated(cfg, random_images(8)).double()
+    save_packed(model, tmp_path / "m.onebit", extra_metadata={"b": 1, "a": [2, "x"]})
+    tensors, metadata = read_raw(tmp_path / "m.onebit")
+    # sorted keys: the same model and extra always give the same bytes (and checksum)
+    assert metadata["model_config"] == json.dumps(cfg.to_dict(), sort_keys=True)
+    assert list(json.loads(metadata["model_config"])) == sorted(cfg.to_dict())
+    assert metadata["extra"] == '{"a": [2, "x"], "b": 1}'
+    assert {t.dtype for k, t in tensors.items() if not k.endswith(".bits")} == {torch.float32}
+    assert torch.equal(tensors["input_bn.weight"], model.input_bn.weight.detach().float())
+    loaded, info = load_packed(tmp_path / "m.onebit")
+    assert info == {"format": "onebit-packed", "version": "1", "model_config": cfg.to_dict(),
+                    "extra": {"a": [2, "x"], "b": 1}}
+    save_packed(build_model(WRNConfig(depth=8, width=1)), tmp_path / "n.onebit")
+    assert read_raw(tmp_path / "n.onebit")[1]["extra"] == "{}" and load_packed(tmp_path / "n.onebit")[1]["extra"] == {}
 
 
 @pytest.mark.parametrize("norm", ["none", "bn"])
@@ -224,7 +268,7 @@ def test_errors_name_the_problem(tmp_path, small_file):
     flipped = bytearray(data)
     flipped[-5] ^= 0x10                                 # inside the last tensor's data
     (tmp_path / "flip.onebit").write_bytes(bytes(flipped))
-    expect_error(tmp_path / "flip.onebit", "checksum")
+    assert expect_error(tmp_path / "flip.onebit").endswith(": checksum mismatch: the file is corrupt")
     expect_error(tmp_path / "missing.onebit", "no such file")
 
     _, meta = read_raw(small_file)
@@ -239,8 +283,10 @@ def test_errors_name_the_problem(tmp_path, small_file):
     expect_error(rewrite(small_file, tmp_path / "cfg.onebit", metadata={**meta, "model_config": "{"}),
                  "model_config is not valid JSON")
     bad = {**json.loads(meta["model_config"]), "width": "1"}
-    expect_error(rewrite(small_file, tmp_path / "w.onebit", metadata={**meta, "model_config": json.dumps(bad)}),
-                 "model_config.width has the wrong type")
+    message = expect_error(rewrite(small_file, tmp_path / "w.onebit",
+                                   metadata={**meta, "model_config": json.dumps(bad)}),
+                           "model_config.width has the wrong type")
+    assert message.startswith(f"{tmp_path / 'w.onebit'}: model_config.width") and "JSON" not in message
     bad = {**json.loads(meta["model_config"]), "depth": 9}
     expect_error(rewrite(small_file, tmp_path / "d.onebit", metadata={**meta, "model_config": json.dumps(bad)}),
                  "model_config is invalid", "6n+2")
@@ -262,6 +308,24 @@ def test_errors_name_the_problem(tmp_path, small_file):
     no_sum = {k: v for k, v in meta.items() if k != "sha256"}
     expect_error(rewrite(small_file, tmp_path / "s.onebit", metadata=no_sum, fix_checksum=False),
                  "'sha256' is missing")
+
+
+def test_bad_metadata_and_constants_name_the_problem(tmp_path, small_file):
+    tensors, meta = read_raw(small_file)
+    for extra, problem in (("{", "metadata field 'extra' is not valid JSON ("),
+                           ("[1, 2]", "metadata field 'extra' is not a JSON object")):
+        path = rewrite(small_file, tmp_path / "e.onebit", metadata={**meta, "extra": extra})
+        assert expect_error(path).startswith(f"{path}: {problem}")
+    deep = {**json.loads(meta["model_config"]), "depth": 200}          # 6n+2, but the file has too few tensors
+    path = rewrite(small_file, tmp_path / "deep.onebit", metadata={**meta, "model_config": json.dumps(deep)})
+    assert expect_error(path) == f"{path}: model_config depth 200 needs more tensors than the file's {len(tensors)}"
+    # a NaN that the checksum covers (the file is consistent, its constants are not)
+    nan = {**tensors, "input_bn.running_mean": torch.full_like(tensors["input_bn.running_mean"], math.nan)}
+    path = rewrite(small_file, tmp_path / "nan.onebit", tensors=nan)
+    assert expect_error(path) == f"{path}: tensor 'input_bn.running_mean' holds NaN or infinite values"
+    neg = {**tensors, "blocks.0.act1.0.running_var": -tensors["blocks.0.act1.0.running_var"]}
+    path = rewrite(small_file, tmp_path / "neg.onebit", tensors=neg)
+    assert expect_error(path) == f"{path}: tensor 'blocks.0.act1.0.running_var' holds negative variances"
 
 
 def test_cli_reports_a_bad_file_in_one_line(tmp_path, small_file, capsys):
