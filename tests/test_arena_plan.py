@@ -163,7 +163,8 @@ def test_plan_of_a_chain_by_hand():
 
     # overlap: a step's output may start lag_bytes = 3 rows below its dying input (test_lag_bytes_by_hand), and
     # that position is tried first. float (lag 768): a0 at 1024 lets t1 start at 256 (over a0's first rows);
-    # a1 cannot start 768 below t1 (256 - 768 < 0) and goes after it at 1280; the head fits at 0: 2304.
+    # a1 cannot start 768 below t1 (256 - 768 < 0) and goes after it at 1280; the head fits at 0: 2304,
+    # larger than the plain plan's 2048, which is therefore the one kept in float mode.
     # int16 (lag 384): a0 at 512, t1 at 128, a1 after t1 at 640, the head at 0: 1152.
     # 8-bit (lag 192): first fit gives x 0, a0 256, t1 64, a1 320, the head after a1 at 576: 1152; placed
     # top-down below 832 each output goes 3 rows under its input (x 576, a0 384, t1 192, a1 0) and the head
@@ -171,6 +172,14 @@ def test_plan_of_a_chain_by_hand():
     # and above t1 it meets the head).
     plan = plan_slots(prog, overlap=True)
     assert plan.overlap is True and plan.slot_of == {"x": 0, "a0": 1, "t1": 2, "a1": 3}
-    assert (plan.offsets_f, plan.total_f) == ([0, 1024, 256, 1280, 0], 2304)
+    assert (plan.offsets_f, plan.total_f) == ([0, 1024, 0, 1024, 0], 2048)
     assert (plan.offsets_i, plan.total_i) == ([0, 512, 128, 640, 0], 1152)
     assert (plan.offsets_8, plan.total_8) == ([576, 384, 192, 0, 256], 832)
+
+
+@pytest.mark.parametrize("cfg", [WRNConfig(depth=8, width=1), WRNConfig(depth=14, width=2)], ids=["8-1", "14-2"])
+def test_overlap_plan_is_never_larger_than_the_plain_plan(cfg):
+    prog = lower(build_model(cfg))
+    plain, overlap = plan_slots(prog), plan_slots(prog, overlap=True)
+    for mode in ("total_f", "total_i", "total_8"):
+        assert getattr(overlap, mode) <= getattr(plain, mode), mode

@@ -67,8 +67,9 @@ def plan_slots(prog: Program, overlap: bool = False) -> SlotPlan:
     slot_of: dict[str, int] = {}
     order: list[str] = []
 
-    def layout(esz_of, top: int | None) -> tuple[dict[str, int], int] | None:
-        """First fit from offset 0 up (top None), or highest fit below ``top`` (None if it fails)."""
+    def layout(esz_of, top: int | None, lagged: bool) -> tuple[dict[str, int], int] | None:
+        """First fit from offset 0 up (top None), or highest fit below ``top`` (None if it fails); with
+        ``lagged``, a dying input's rows are offered to the step's output first."""
         off: dict[str, int] = {}
         size: dict[str, int] = {}
         live: set[str] = set()
@@ -98,7 +99,7 @@ def plan_slots(prog: Program, overlap: bool = False) -> SlotPlan:
             return (h + 2) * (w + 2) * c * esz_of(t)
 
         def place_output(t: str, i: int, step: ConvStep) -> None:
-            if overlap and last_use.get(step.src) == i and step.src != step.res_src:
+            if lagged and last_use.get(step.src) == i and step.src != step.res_src:
                 c, _, w = prog.tensors[t]
                 ci, _, wi = prog.tensors[step.src]
                 place(t, nbytes(t), step.src,
@@ -127,18 +128,24 @@ def plan_slots(prog: Program, overlap: bool = False) -> SlotPlan:
         total = max(off[t] + size[t] for t in off)
         return off, -(-total // ALIGN) * ALIGN
 
-    def best(esz_of) -> tuple[dict[str, int], int]:
+    def best_of(esz_of, lagged: bool) -> tuple[dict[str, int], int]:
         """The smaller of first fit and the smallest arena highest fit manages (bisection on its size)."""
-        plan = layout(esz_of, None)
+        plan = layout(esz_of, None, lagged)
         lo, hi = 0, plan[1]
         while hi - lo > ALIGN:
             mid = (lo + hi) // 2 // ALIGN * ALIGN
             try:
-                got = layout(esz_of, mid)
+                got = layout(esz_of, mid, lagged)
                 plan, hi = (got, got[1]) if got[1] < plan[1] else (plan, mid)
             except _NoFit:
                 lo = mid
         return plan
+
+    def best(esz_of) -> tuple[dict[str, int], int]:
+        """With ``overlap``, the lagged placement where it is no larger than the plain one (first fit that
+        offers the dying input's rows first can lose to plain first fit), else the plain one."""
+        return min((best_of(esz_of, lagged) for lagged in ((True, False) if overlap else (False,))),
+                   key=lambda plan: plan[1])
 
     bytes_ = set(byte_tensors(prog))
     off_f, total_f = best(lambda t: 4)
