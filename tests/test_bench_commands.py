@@ -51,9 +51,22 @@ def test_train_throughput_measures_both_formats_and_their_ratio(tmp_path):
             assert len(f["full_step_ms_each_repeat"]) == 2 and f["full_step_ms"] == min(f["full_step_ms_each_repeat"])
             assert f["full_vs_matmul"] == pytest.approx(f["full_gflops"] / r["matmul_gflops"][fmt])
             assert f["full_images_per_s"] == pytest.approx(8 / (f["full_step_ms"] / 1e3))
+            assert f["memory"]["peak_rss_mb"] >= f["memory"]["above_start_mb"] >= 0
+            assert f"peak RSS {f['memory']['peak_rss_mb']:.0f} MiB" in out
         assert row["bf16_vs_fp32"] == pytest.approx(row["formats"]["bf16"]["full_images_per_s"]
                                                     / row["formats"]["fp32"]["full_images_per_s"])
         assert f"bf16 / fp32 full-step images/s  {row['bf16_vs_fp32']:.2f}x" in out
+
+
+def test_peak_memory_is_what_the_call_needed_beyond_the_memory_resident_before():
+    import numpy as np
+
+    from onebit.bench.machine import peak_memory_of
+
+    big = peak_memory_of(lambda n: np.ones(n, dtype=np.uint8).sum(), 200 * 2**20)   # touches 200 MiB, frees it
+    small = peak_memory_of(lambda: None)
+    assert 190 <= big["above_start_mb"] <= 260 and big["peak_rss_mb"] >= big["above_start_mb"]
+    assert small["above_start_mb"] < 5               # the 200 MiB were returned: the peak was reset before
 
 
 @pytest.mark.parametrize("args, message", [

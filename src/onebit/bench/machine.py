@@ -38,3 +38,32 @@ def matmul_gflops(threads: int | None, n: int = 2048, reps: int = 5, dtype: torc
     finally:
         torch.set_num_threads(old)
     return 2 * n ** 3 / float(np.median(times)) / 1e9
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def peak_memory_of(fn, *args) -> dict | None:
+    """Run ``fn(*args)`` with the process's peak resident set reset first (Linux: ``5`` written to
+    ``/proc/self/clear_refs`` sets VmHWM to the current VmRSS): ``{"peak_rss_mb": VmHWM after,
+    "above_start_mb": VmHWM after - VmRSS before}`` in MiB, the memory the call needed beyond what was
+    resident already. None where the kernel offers no reset (not Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    before = _status_kb("VmRSS")
+    fn(*args)
+    peak = _status_kb("VmHWM")
+    if before is None or peak is None:
+        return None
+    return {"peak_rss_mb": peak / 1024, "above_start_mb": (peak - before) / 1024}
