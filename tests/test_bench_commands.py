@@ -51,11 +51,26 @@ def test_train_throughput_measures_both_formats_and_their_ratio(tmp_path):
             assert len(f["full_step_ms_each_repeat"]) == 2 and f["full_step_ms"] == min(f["full_step_ms_each_repeat"])
             assert f["full_vs_matmul"] == pytest.approx(f["full_gflops"] / r["matmul_gflops"][fmt])
             assert f["full_images_per_s"] == pytest.approx(8 / (f["full_step_ms"] / 1e3))
-            assert f["memory"]["peak_rss_mb"] >= f["memory"]["above_start_mb"] >= 0
+            assert f["memory"]["peak_rss_mb"] >= f["memory"]["above_start_mb"] >= -1     # MiB
+            assert 0.1 < f["saved_for_backward_mb"] < 10      # batch 8 of WRN-8-1: ~4.7 MiB in fp32
             assert f"peak RSS {f['memory']['peak_rss_mb']:.0f} MiB" in out
         assert row["bf16_vs_fp32"] == pytest.approx(row["formats"]["bf16"]["full_images_per_s"]
                                                     / row["formats"]["fp32"]["full_images_per_s"])
         assert f"bf16 / fp32 full-step images/s  {row['bf16_vs_fp32']:.2f}x" in out
+
+
+def test_saved_for_backward_counts_each_saved_storage_once():
+    import torch
+
+    from onebit.bench.train_throughput import saved_for_backward_bytes
+
+    x = torch.ones(1000, requires_grad=True)
+
+    def step():
+        y = x * 2                   # mul by a constant saves nothing of x
+        (y.exp() * y.exp()).sum().backward()      # exp saves its output (twice, 4,000 bytes each), mul both
+
+    assert saved_for_backward_bytes(step) == 2 * 4000
 
 
 def test_peak_memory_is_what_the_call_needed_beyond_the_memory_resident_before():

@@ -5,8 +5,9 @@ Measures, in one run and on one device, for each model:
   * augmentation + batching alone (epoch_batches over the on-device dataset)           -- its share of the step
   * bare forward + backward + SGD step on one fixed batch, per format                  -- the model's own cost
   * the full training step (batching, augmentation, forward, backward, step), per format -- what training gets
-  * the process's peak resident memory over ``--steps`` full steps (Linux: the peak reset before), and how
-    far it rose above the memory resident when the steps began (what the steps needed beyond it)
+  * memory: what autograd keeps from a step's forward pass for its backward pass (the activation memory,
+    exact), and the process's peak resident memory over ``--steps`` full steps (Linux: the peak reset
+    before; memory freed earlier stays resident, so this is an upper bound, not the step's own need)
 and the bf16 / float32 ratio of the full step's images/s. The formats alternate ``--repeats`` times and the
 best of each is kept, so a slow moment of a shared machine does not fall on one format only.
 The model and step are built as ``onebit train`` builds them on a CPU (``prepare_model``, ``TrainStep``:
@@ -50,6 +51,20 @@ def time_steps(step, n: int, warmup: int = 2) -> float:
     return (time.perf_counter() - start) / n
 
 
+def saved_for_backward_bytes(step, *args) -> int:
+    """Bytes autograd keeps from the forward pass for the backward pass in one ``step(*args)`` (every saved
+    tensor's storage counted once): the activation memory a training step needs, BN's included."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step(*args)
+    return sum(storages.values())
+
+
 def parse_formats(text: str) -> list[str]:
     names = [f.strip() for f in text.split(",") if f.strip()]
     bad = [f for f in names if f not in FORMATS]
@@ -90,6 +105,7 @@ def measure_model(depth: int, width: int, norm: str, args: argparse.Namespace, f
             bare[f].append(time_steps(lambda: steps[f](fixed_x, fixed_y, 0.01), args.steps))
             full[f].append(time_steps(lambda: steps[f](*next_batch(), 0.01), args.steps))
     memory = {f: peak_memory_of(time_steps, lambda: steps[f](*next_batch(), 0.01), args.steps, 0) for f in formats}
+    saved = {f: saved_for_backward_bytes(steps[f], fixed_x, fixed_y, 0.01) for f in formats}
     row = {"model": cfg.name, "forward_conv_gflop_per_image": flops_per_image / 3 / 1e9,
            "batching_augmentation_ms": t_batch * 1e3, "formats": {}}
     for f in formats:
@@ -102,6 +118,7 @@ def measure_model(depth: int, width: int, norm: str, args: argparse.Namespace, f
             "full_step_ms_each_repeat": [t * 1e3 for t in full[f]],
             "batching_share_of_full_step": t_batch / t_full,
             "memory": memory[f],
+            "saved_for_backward_mb": saved[f] / 2**20,
         }
     if "fp32" in formats and "bf16" in formats:
         row["bf16_vs_fp32"] = (row["formats"]["bf16"]["full_images_per_s"]
@@ -165,8 +182,9 @@ def run(args: argparse.Namespace) -> int:
         for f, r in row["formats"].items():
             print(f"  subject {f}  bare {r['bare_step_ms']:8.2f} ms/step  full {r['full_step_ms']:8.2f} ms/step "
                   f"{r['full_images_per_s']:7.1f} img/s {r['full_gflops']:7.1f} GFLOP/s "
-                  f"= {r['full_vs_matmul']:6.1%} of {f} matmul" +
-                  (f"  peak RSS {r['memory']['peak_rss_mb']:.0f} MiB (+{r['memory']['above_start_mb']:.0f} over "
+                  f"= {r['full_vs_matmul']:6.1%} of {f} matmul  saved for backward "
+                  f"{r['saved_for_backward_mb']:.1f} MiB" +
+                  (f"  peak RSS {r['memory']['peak_rss_mb']:.0f} MiB ({r['memory']['above_start_mb']:+.0f} over "
                    f"the start)" if r["memory"] else ""))
         if "bf16_vs_fp32" in row:
             print(f"  ratio   bf16 / fp32 full-step images/s  {row['bf16_vs_fp32']:.2f}x")
