@@ -156,6 +156,8 @@ def test_simd_kernels_identical_to_portable(cifar, tmp_path):
                 variants["avx512-vnni-pdep"] = SIMD_VARIANTS["native"] + " -mno-avx512vbmi -DONEBIT_NO_AMX"
             if "amx_int8" in flags:             # the 8-bit kernel on AMX tiles (where Linux grants them)
                 variants["avx512-amx"] = SIMD_VARIANTS["native"]
+                # an AMX build where the tile state is refused: the VNNI kernel over the AMX build's 32-pixel tiles
+                variants["avx512-vnni-refused"] = SIMD_VARIANTS["native"] + " -DONEBIT_TEST_AMX_REFUSED"
     if len(variants) == 1:
         pytest.skip("this CPU has neither AVX2+FMA nor AVX-512")
     images, calib = cifar
@@ -171,7 +173,7 @@ def test_simd_kernels_identical_to_portable(cifar, tmp_path):
         assert re.search(r"kernels (\w+)", bench).group(1) == name.split("-")[0]
         bench8 = subprocess.run([str(exe), "--bench", "1", "--int8", str(out / "images.bin")], capture_output=True,
                                 text=True, check=True).stdout
-        assert re.search(r"kernels ([\w-]+)", bench8).group(1) == name.removesuffix("-pdep")
+        assert re.search(r"kernels ([\w-]+)", bench8).group(1) == name.removesuffix("-pdep").removesuffix("-refused")
         results[name] = (run_demo(exe, out / "images.bin")[0], run_demo(exe, out / "images.bin", "--int", "--raw")[0],
                          run_demo(exe, out / "images.bin", "--int8", "--raw")[0])
     base_f, base_q, base_8 = results.pop("portable")
