@@ -278,12 +278,19 @@ class Trainer:
                     tqdm.write(f"epoch {self.epoch}/{cfg.epochs}  {shown}")
         return {"stopped_at_epoch": self.epoch, **row}
 
+    def statistics_batches(self):
+        """The images BN statistics are recomputed over after training: one more epoch of training batches,
+        augmented as in training (seeded by the epoch number, so a resumed run gets the same), as the
+        reference code does (McDonnell-Lab/1-bit-per-weight, WideResNet_Test.m). The network learned under
+        the statistics of augmented batches: over un-augmented images (what onebit did before 2026-12-07)
+        a 45-epoch 32-bit WRN-8-1 lost ~9 points of accuracy (docs/results/converged-study)."""
+        return (batch[0] for batch in self.source.epoch(self.cfg.epochs + 1))
+
     def finish(self) -> dict[str, Any]:
         if self.average is not None:      # the averaged weights become the run's model
             self.net.load_state_dict(self.average.module.state_dict())
         if self.model_config.norm == "bn" and self.cfg.bn_recompute:
-            recompute_bn_from_batches(self.net, self.source.plain_batches(self.cfg.eval_batch_size), self.device,
-                                      self.cfg.amp)
+            recompute_bn_from_batches(self.net, self.statistics_batches(), self.device, self.cfg.amp)
         if self.average is not None:      # ... and are what the final metrics describe
             self.average.module.load_state_dict(self.net.state_dict())
         final = {"epochs": self.epoch, **self.evaluate_splits(), "best": self.best,

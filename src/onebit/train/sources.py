@@ -75,12 +75,6 @@ class TensorSource:
         return epoch_batches(self.images, self.labels, self.cfg.batch_size, self.cfg.seed, epoch, self.augment,
                              self.rank, self.world_size, targets=self.teacher)
 
-    def plain_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        """This rank's share of consecutive un-augmented batches (for BN statistics)."""
-        for idx in global_batches(len(self.labels), batch_size, self.rank, self.world_size):
-            yield self.images[idx[0]:idx[-1] + 1] if idx else self.images[:0]
-
-
 class LoaderSource:
     """Training images decoded and augmented by DataLoader workers into pinned memory (ImageFolder)."""
 
@@ -102,15 +96,6 @@ class LoaderSource:
                 yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         except DataError as exc:
             raise _one_line(exc) from None
-
-    def plain_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        """This rank's share of consecutive centre-cropped batches (for BN statistics)."""
-        cfg = self.cfg
-        for x, _ in split_batches(self.split, batch_size, self.rank, self.world_size, self.device,
-                                  keep_empty=True, crop_size=cfg.crop_size, resize_size=cfg.resize_size,
-                                  workers=cfg.workers):
-            yield x
-
 
 def make_source(split: Split, cfg: Any, device: torch.device, rank: int = 0, world_size: int = 1,
                 progress: bool = False):
