@@ -46,6 +46,21 @@ def test_round_trip_and_insert_or_ignore(tmp_path):
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_a_run_deleted_by_hand_records_again_with_its_new_epochs(tmp_path):
+    """To record a run again (e.g. re-finished after a fix), its runs row is deleted by hand; the epochs it
+    leaves behind are replaced, not a UNIQUE-constraint crash."""
+    with ResultsStore(tmp_path / "r.db") as store:
+        store.record(make_record(0, acc=0.61, epochs=3))
+    with sqlite3.connect(tmp_path / "r.db") as db:
+        db.execute("DELETE FROM runs")
+    with ResultsStore(tmp_path / "r.db") as store:
+        rec = make_record(0, acc=0.78, epochs=3)
+        assert store.record(rec) is True
+        (row,) = store.runs()
+        assert row["test_acc"] == 0.78
+        assert [e["test_acc"] for e in store.epochs(rec.config_hash)] == [0.78] * 3
+
+
 def test_filters_on_columns_and_config_options(tmp_path):
     with ResultsStore(tmp_path / "r.db") as store:
         for seed in range(3):

@@ -205,6 +205,8 @@ class ResultsStore:
             if cur.rowcount != 1:
                 return False
             cols = ("config_hash", "epoch", *EPOCH_COLUMNS)
+            # epochs of a run whose runs row was deleted by hand (to record it again) are orphans: replace them
+            db.execute("DELETE FROM epochs WHERE config_hash = ?", (rec.config_hash,))
             db.executemany(f"INSERT INTO epochs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                            [(rec.config_hash, int(e["epoch"]), *(e.get(c) for c in EPOCH_COLUMNS))
                             for e in rec.epochs])
