@@ -75,6 +75,7 @@ class TensorSource:
         return epoch_batches(self.images, self.labels, self.cfg.batch_size, self.cfg.seed, epoch, self.augment,
                              self.rank, self.world_size, targets=self.teacher)
 
+
 class LoaderSource:
     """Training images decoded and augmented by DataLoader workers into pinned memory (ImageFolder)."""
 
@@ -96,6 +97,7 @@ class LoaderSource:
                 yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         except DataError as exc:
             raise _one_line(exc) from None
+
 
 def make_source(split: Split, cfg: Any, device: torch.device, rank: int = 0, world_size: int = 1,
                 progress: bool = False):
