@@ -141,16 +141,18 @@ def test_two_processes_writing_at_once_do_not_corrupt_the_store(tmp_path):
         assert all(r["test_acc"] == r["seed"] / 1000 for r in store.runs())
 
 
-CPU_STUDY_STORE = Path(__file__).resolve().parents[1] / "docs" / "results" / "cpu-study" / "runs.db"
+# docs/results/cpu-study/runs.db as it was in schema 1 (before the host column), kept for this test: the
+# study's own store has since been written by a newer onebit
+SCHEMA_1_STORE = Path(__file__).resolve().parent / "data" / "store-schema-1.db"
 
 
 def test_schema_1_store_reads_unchanged_and_migrates_on_first_write(tmp_path):
-    """docs/results/cpu-study/runs.db predates the host column (schema 1)."""
+    """A store from before the host column (schema 1: the CPU study's, as first committed)."""
     import hashlib
     import shutil
 
     old = tmp_path / "old.db"
-    shutil.copy(CPU_STUDY_STORE, old)
+    shutil.copy(SCHEMA_1_STORE, old)
     before = hashlib.sha256(old.read_bytes()).hexdigest()
     with sqlite3.connect(old) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 1
