@@ -1,5 +1,6 @@
 """The machine's own speed, the baseline every benchmark reports next to its results: one matmul
-measurement for every format and device (the CPU benchmarks in GFLOP/s, the GPU one in TFLOP/s)."""
+measurement for every format and device (the CPU benchmarks in GFLOP/s, the GPU one in TFLOP/s); and the
+process's resident memory around one call."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import time
 
 import numpy as np
 import torch
+
+from onebit.bench.subject_ort import status_kb
 
 
 def matmul_gflops(threads: int | None, n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32,
@@ -40,17 +43,6 @@ def matmul_gflops(threads: int | None, n: int = 2048, reps: int = 5, dtype: torc
     return 2 * n ** 3 / float(np.median(times)) / 1e9
 
 
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def peak_memory_of(fn, *args) -> dict | None:
     """Run ``fn(*args)`` with the process's peak resident set reset first (Linux: ``5`` written to
     ``/proc/self/clear_refs`` sets VmHWM to the current VmRSS): ``{"peak_rss_mb": VmHWM after,
@@ -61,9 +53,9 @@ def peak_memory_of(fn, *args) -> dict | None:
             f.write("5")
     except OSError:
         return None
-    before = _status_kb("VmRSS")
+    before = status_kb("VmRSS")
     fn(*args)
-    peak = _status_kb("VmHWM")
+    peak = status_kb("VmHWM")
     if before is None or peak is None:
         return None
     return {"peak_rss_mb": peak / 1024, "above_start_mb": (peak - before) / 1024}

@@ -12,15 +12,23 @@ import time
 import numpy as np
 
 
-def peak_rss_kb() -> int:
-    """VmHWM of this process (peak resident set since exec), else ru_maxrss."""
+def status_kb(field: str) -> int | None:
+    """A ``kB`` field of /proc/self/status (``VmRSS``, ``VmHWM``, ...); None where there is none."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
+    return None
+
+
+def peak_rss_kb() -> int:
+    """VmHWM of this process (peak resident set since exec), else ru_maxrss."""
+    peak = status_kb("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
