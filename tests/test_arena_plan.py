@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from onebit.export.arena import ALIGN, lag_bytes, plan_slots
+from onebit.export.arena import ALIGN, lag_bytes, plan_slots, pool_lag_bytes, stream_rows, streamable
 from onebit.export.c_program import Act, ConvStep, Program, lower
 from onebit.models import ReferenceLayout, WRNConfig, build_model
 
@@ -45,8 +45,9 @@ def test_live_tensors_never_collide(cfg, overlap):
     for values in (plan.offsets_f, plan.offsets_i, plan.offsets_8, [plan.total_f, plan.total_i, plan.total_8]):
         # c_contract: every slot starts at a multiple of SLOT_ALIGN (integers: they become C literals)
         assert all(type(v) is int and v >= 0 and v % ALIGN == 0 for v in values), values
+    assert plan.stream8 is overlap                              # every WRN streams its 8-bit blocks on bare metal
     for mode, total, offsets in (("int", plan.total_i, plan.offsets_i), ("float", plan.total_f, plan.offsets_f),
-                                 ("int8", plan.total_8, plan.offsets_8)):
+                                 ("int8", plan.total_8, plan.offsets_8))[:2 if overlap else 3]:
         sp = spans(prog, plan, mode)
         assert max(e for _, e, _ in sp.values()) <= total
         head_off = offsets[plan.head_slot]
@@ -74,6 +75,74 @@ def test_live_tensors_never_collide(cfg, overlap):
             if len(written) == 2 and st.res != "identity":
                 a, b = sp[written[0]], sp[written[1]]
                 assert a[1] <= b[0] or b[1] <= a[0]
+
+
+@pytest.mark.parametrize("cfg", [WRNConfig(depth=8, width=1), WRNConfig(depth=14, width=2),
+                                 WRNConfig(depth=8, width=1, norm="bn",
+                                           reference=ReferenceLayout(pad_mode="tf_same"))],
+                         ids=["8-1", "14-2", "bn-tf-8-1"])
+def test_streamed_8bit_plan_never_collides(cfg):
+    """The streamed 8-bit plan (onebit.c, ONEBIT_STREAM8): while a block runs, its k-row windows of A and T, the R
+    it reads and the R it writes (and, in the last block, the head's A row and partial sums) never share bytes,
+    except an identity block's R (in place) and a pool block's R, which starts at least pool_lag_bytes below the
+    R it pools; the stem's R starts at least lag_bytes below the input it consumes."""
+    prog = lower(build_model(cfg))
+    plan = plan_slots(prog, overlap=True)
+    assert plan.stream8 and streamable(prog)
+    rows = stream_rows(prog)
+    off = {t: plan.offsets_8[k] for t, k in plan.slot_of.items()}
+    assert all(v % ALIGN == 0 and v >= 0 for v in plan.offsets_8)
+
+    def span(t):
+        c, h, w = prog.tensors[t]
+        row = (w + 2) * c * (2 if t.startswith("r") else 1)
+        return off[t], off[t] + rows.get(t, h + 2) * row, row
+
+    def disjoint(a, b):
+        return a[1] <= b[0] or b[1] <= a[0]
+
+    stem = prog.steps[0]
+    (xlo, xhi, xrow), (rlo, rhi, rrow) = span("x"), span(stem.out)
+    assert disjoint((xlo, xhi), (rlo, rhi)) or rlo <= xlo - lag_bytes(stem, rrow, xrow)
+    ends = [xhi, rhi]
+    for b in range((len(prog.steps) - 2) // 2):
+        c1, c2 = prog.steps[2 * b + 1], prog.steps[2 * b + 2]
+        r_prev = prog.steps[2 * b].out
+        windows = [span(c1.src), span(c1.out)]
+        assert [w[1] - w[0] for w in windows] == [3 * windows[0][2], 3 * windows[1][2]]
+        if not c2.out:
+            head = prog.steps[-1]
+            windows += [span(c2.act_out), (plan.offsets_8[plan.head_slot], plan.offsets_8[plan.head_slot] +
+                                           head.out_hw[0] * head.out_hw[1] * prog.num_classes * 4)]
+        spans_ = windows + [span(r_prev)]
+        if c2.out and c2.res == "identity":
+            assert off[c2.out] == off[r_prev]
+        elif c2.out:
+            (olo, ohi, orow), (ilo, ihi, irow) = span(c2.out), span(r_prev)
+            assert disjoint((olo, ohi), (ilo, ihi)) or olo <= ilo - pool_lag_bytes(c2, orow, irow)
+            spans_.append(span(c2.out)[:2])
+        for i, a in enumerate(windows):
+            for b_ in spans_[i + 1:]:
+                assert disjoint(a[:2], b_[:2]), (b, a, b_)
+        ends += [e for _, e, *rest in spans_]
+    assert max(ends) <= plan.total_8
+
+
+def test_pool_lag_bytes_by_hand():
+    """A pool block's output row oy reads R_prev's padded rows from 2 oy - res_pad + 1 on:
+    ``out_base + (oy + 2) * out_row <= in_base + (2 oy - res_pad + 1) * in_row``, and the bottom border row."""
+    step = SimpleNamespace(out_hw=(3, 3), res_pad=1)
+    # rows of 40 over rows of 100: first rows (0, 2, 4): 80, 120 - 200, 160 - 400; border 200 - 400
+    assert pool_lag_bytes(step, 40, 100) == 80
+    # res_pad 0 ('tf_same'): first rows (1, 3, 5): 80 - 100, ...: the bottom border 200 - 500 < 0; max -20
+    assert pool_lag_bytes(SimpleNamespace(out_hw=(3, 3), res_pad=0), 40, 100) == -20
+
+
+def test_streamed_8bit_plan_halves_the_integer_arena():
+    """Issue 21's memory goal: WRN-8-1's 8-bit arena at most half of the integer mode's (bare metal)."""
+    plan = plan_slots(lower(build_model(WRNConfig(depth=8, width=1))), overlap=True)
+    assert plan.stream8 and plan.total_8 <= plan.total_i // 2
+    assert not plan_slots(chain_program(), overlap=True).stream8     # no stored R before its block
 
 
 def test_overlap_plan_meets_the_wrn_8_1_targets():

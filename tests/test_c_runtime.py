@@ -141,6 +141,30 @@ def test_portable_build_matches_pytorch_and_int_matches_python(cfg, cifar, tmp_p
 
 
 @needs_cc
+@pytest.mark.parametrize("cfg", [
+    WRNConfig(depth=8, width=1),                                  # identity, then two pool blocks
+    WRNConfig(depth=8, width=1, norm="bn",                        # BN affines; no padding before stride 2
+              reference=ReferenceLayout(pad_mode="tf_same", stem_relu=True, head_pool="sum")),
+    WRNConfig(depth=14, width=2),                                 # two blocks a stage, 32-128 channels
+], ids=["srelu-8-1", "bn-tf-same-8-1", "srelu-14-2"])
+def test_streamed_int8_blocks_match_python(cfg, cifar, tmp_path):
+    """A bare-metal plan runs the 8-bit mode block by block, row by row (ONEBIT_STREAM8): the portable and the
+    native SIMD builds give the Python 8-bit model's logits, in less than half the integer mode's arena."""
+    images, calib = cifar
+    model = make_model(cfg, calib)
+    out = export_c(model, tmp_path / "c", calibration_images=calib, arena_overlap=True)
+    (out / "images.bin").write_bytes(images.numpy().tobytes())
+    assert "#define ONEBIT_STREAM8 1" in (out / "onebit_config.h").read_text()
+    info = json.loads((out / "onebit_model.json").read_text())
+    assert info["arena_bytes_int8"] <= info["arena_bytes_int"] / 2
+    expect = run_program_int8(lower(model), QParams.from_dict(info["qparams"]), Q8Params.from_dict(info["q8params"]),
+                              images)
+    for name, simd, cflags in (("portable", "", STRICT), ("native", "-march=native", None)):
+        got, _ = run_demo(build(out, name, simd=simd, cflags=cflags), out / "images.bin", "--int8", "--raw")
+        assert np.array_equal(got.astype(np.int64), expect), name
+
+
+@needs_cc
 def test_simd_kernels_identical_to_portable(cifar, tmp_path):
     flags = cpu_flags()
     variants = {"portable": SIMD_VARIANTS["portable"]}
@@ -311,12 +335,16 @@ def test_int8_output_step_in_int64_where_32_bits_are_not_proven(cifar, tmp_path,
 
     images, calib = cifar
     monkeypatch.setattr(int8, "fits_int32", lambda *args: False)
-    model = make_model(WRNConfig(depth=8, width=1, norm="bn"), calib)
-    out = export_and_write(model, tmp_path, images[:8], calib)
-    info = json.loads((out / "onebit_model.json").read_text())
-    assert not any(layer["i32"] for layer in info["q8params"]["layers"])
-    exe = build(out, "demo_int64", cflags=STRICT)
-    q8, _ = run_demo(exe, out / "images.bin", "--int8", "--raw")
-    expect = run_program_int8(lower(model), QParams.from_dict(info["qparams"]), Q8Params.from_dict(info["q8params"]),
-                              images[:8])
-    assert np.array_equal(q8.astype(np.int64), expect)
+    for cfg in (WRNConfig(depth=8, width=1, norm="bn"), WRNConfig(depth=8, width=1)):
+        model = make_model(cfg, calib)
+        for overlap in (False, True):                      # layer at a time; streamed blocks (A from R)
+            out = export_c(model, tmp_path / f"c-{cfg.norm}-{overlap}", calibration_images=calib,
+                           arena_overlap=overlap)
+            (out / "images.bin").write_bytes(images[:8].numpy().tobytes())
+            info = json.loads((out / "onebit_model.json").read_text())
+            assert not any(layer["i32"] for layer in info["q8params"]["layers"])
+            exe = build(out, "demo_int64", cflags=STRICT)
+            q8, _ = run_demo(exe, out / "images.bin", "--int8", "--raw")
+            expect = run_program_int8(lower(model), QParams.from_dict(info["qparams"]),
+                                      Q8Params.from_dict(info["q8params"]), images[:8])
+            assert np.array_equal(q8.astype(np.int64), expect), (cfg.norm, overlap)

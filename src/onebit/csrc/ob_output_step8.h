@@ -3,7 +3,8 @@
  * onebit.c includes this file once per lane width after defining OS_NAME (the function), OS_ATTR (its
  * attributes: OB_NOINLINE for the scalar steps, which then keep their values in registers), OS_W (lanes),
  * OS_V (OS_W lanes of int64 working values) and the lane primitives os_*; the file #undefs them all. For
- * the n output channels co0.. of one pixel (n a multiple of OS_W; element offset o of its NHWC row), from
+ * the n output channels co0.. of one pixel (n a multiple of OS_W; element offset o of the pixel in the
+ * NHWC R tensors; out8: the pixel's bytes (T, or A; NULL: A not stored, a streamed block), from
  * the kernel's sums acc' (see
  * ob_kernels8_portable.h) and zw = z_src * sum of the signs (OB_ZW: q8_zw, or q8_zwn for a kernel that
  * adds 255 per -1 weight), acc = acc' - zw (the convolution of the real
@@ -20,7 +21,7 @@
  * operations in the same order on each lane, so the results agree bit for bit with onebit/export/int8.py.
  */
 
-static OS_ATTR void OS_NAME(const ob_layer *L, uint8_t *dst8, int16_t *dst, uint8_t *adst, const int16_t *res, size_t o,
+static OS_ATTR void OS_NAME(const ob_layer *L, uint8_t *out8, int16_t *dst, const int16_t *res, size_t o,
                     int oy, int ox, int co0, int n, const int32_t *acc)
 {
     /* the layer's constants in locals: byte stores may alias anything, so the compiler would reload them */
@@ -33,8 +34,8 @@ static OS_ATTR void OS_NAME(const ob_layer *L, uint8_t *dst8, int16_t *dst, uint
         for (j = 0; j < n; j += OS_W) {
             const int co = co0 + j;
             const OS_V v = os_sub(os_acc(acc + j), os_acc(zw + co));
-            if (srelu) os_store8(dst8 + o + co, os_add(os_rq(v, m, sh), os_set1(z)));
-            else os_store8(dst8 + o + co, os_affine(v, act_m + co, act_b + co, act_sh));
+            if (srelu) os_store8(out8 + co, os_add(os_rq(v, m, sh), os_set1(z)));
+            else os_store8(out8 + co, os_affine(v, act_m + co, act_b + co, act_sh));
         }
         return;
     }
@@ -62,8 +63,9 @@ static OS_ATTR void OS_NAME(const ob_layer *L, uint8_t *dst8, int16_t *dst, uint
             }
             v = os_sat(v);
             if (dst) os_store16(dst + o + co, v);
-            if (srelu) os_store8(adst + o + co, os_add(os_rq(v, a_m, a_sh), os_set1(z)));
-            else os_store8(adst + o + co, os_affine(v, act_m + co, act_b + co, act_sh));
+            if (!out8) continue;
+            if (srelu) os_store8(out8 + co, os_add(os_rq(v, a_m, a_sh), os_set1(z)));
+            else os_store8(out8 + co, os_affine(v, act_m + co, act_b + co, act_sh));
         }
     }
 }

@@ -440,12 +440,15 @@ static uint8_t ob_byte32(int32_t v) { return (uint8_t)(v > 255 ? 255 : (v < 0 ? 
 #include "ob_output_step8.h"
 #endif
 
+/* the output steps of mr pixels from output row oy, column ox0 on; the byte output (T of an 'act' step, A of a
+ * 'res' step) goes to its tensor's slot, or to the padded row `row8` (a streamed block's T or the head's A; a
+ * streamed 'res' step stores no other A) */
 static void ob_epi_8(const ob_layer *L, unsigned char *arena, int oy, int ox0, int mr, int co0, int nco,
-                     const int32_t *acc)
+                     const int32_t *acc, uint8_t *row8)
 {
-    uint8_t *dst8 = L->epi == OB_EPI_ACT ? OB_U8(arena, L->dst) : NULL;
+    const int byte_slot = L->epi == OB_EPI_ACT ? L->dst : (ONEBIT_STREAM8 ? -1 : L->act_dst);
+    uint8_t *out8 = byte_slot >= 0 ? OB_U8(arena, byte_slot) : NULL;
     int16_t *dst = L->epi == OB_EPI_RES && L->dst >= 0 ? OB_R8(arena, L->dst) : NULL;
-    uint8_t *adst = L->act_dst >= 0 ? OB_U8(arena, L->act_dst) : NULL;
     const int16_t *res = L->res_src >= 0 ? OB_R8(arena, L->res_src) : NULL;
     int32_t *head = (int32_t *)(arena + ob_slot_8[ONEBIT_HEAD_SLOT]);
     int p, j;
@@ -453,6 +456,7 @@ static void ob_epi_8(const ob_layer *L, unsigned char *arena, int oy, int ox0, i
         const int ox = ox0 + p;
         const int32_t *a = acc + p * OB_NCO;
         const size_t o = ((size_t)(oy + 1) * ((size_t)L->ow + 2) + (size_t)ox + 1) * (size_t)L->cout;
+        uint8_t *px8 = row8 ? row8 + ((size_t)ox + 1) * (size_t)L->cout : (out8 ? out8 + o : NULL);
         if (L->epi == OB_EPI_HEAD) {       /* acc = acc' - zw; ob_head_8 scales the sums */
             for (j = 0; j < nco; j++)
                 head[((size_t)oy * (size_t)L->ow + (size_t)ox) * ONEBIT_NUM_CLASSES + (size_t)(co0 + j)] =
@@ -461,12 +465,12 @@ static void ob_epi_8(const ob_layer *L, unsigned char *arena, int oy, int ox0, i
         }
 #if defined(OB_QW)
         if (nco % OB_QW == 0 && !(L->res == OB_RES_POOL && L->res_c % OB_QW)) {
-            ob_out8_v(L, dst8, dst, adst, res, o, oy, ox, co0, nco, a);
+            ob_out8_v(L, px8, dst, res, o, oy, ox, co0, nco, a);
             continue;
         }
 #endif
-        if (L->q8_i32) ob_out8_s32(L, dst8, dst, adst, res, o, oy, ox, co0, nco, a);
-        else ob_out8_1(L, dst8, dst, adst, res, o, oy, ox, co0, nco, a);
+        if (L->q8_i32) ob_out8_s32(L, px8, dst, res, o, oy, ox, co0, nco, a);
+        else ob_out8_1(L, px8, dst, res, o, oy, ox, co0, nco, a);
     }
 }
 
@@ -487,6 +491,24 @@ static void ob_head_8(const unsigned char *arena, float *logits, int32_t *lq)
 {
     ob_head_int((const int32_t *)(arena + ob_slot_8[ONEBIT_HEAD_SLOT]), ob_head_qm8, ob_head_qb8, ONEBIT_HEAD_QSH8,
                 logits, lq);
+}
+#endif
+
+#if ONEBIT_HAS_INT8
+/* the 8-bit kernel and output steps over output row oy, channel block blk, of layer L: `in` is the padded input
+ * row oy * stride - pad + 1 (rows after it `(iw + 2) * cin` bytes apart), row8 as in ob_epi_8 */
+static void ob_tiles8(const ob_layer *L, unsigned char *arena, const uint8_t *in, int oy, int blk, uint8_t *row8)
+{
+    const ptrdiff_t pix = (ptrdiff_t)L->stride * L->cin, row = ((ptrdiff_t)L->iw + 2) * L->cin;
+    const int co0 = blk * OB_NCO, nco = L->cout - co0 < OB_NCO ? L->cout - co0 : OB_NCO;
+    const uint8_t *w = L->bits + (size_t)blk * ((size_t)L->k * (size_t)L->k * (size_t)L->cin * OB_TAP_BYTES);
+    int ox0;
+    for (ox0 = 0; ox0 < L->ow; ox0 += OB_MR8) {
+        const int mr = L->ow - ox0 < OB_MR8 ? L->ow - ox0 : OB_MR8;
+        int32_t acc[OB_MR8 * OB_NCO];
+        ob_k8(in + (size_t)(ox0 * L->stride - L->pad + 1) * (size_t)L->cin, pix, row, L->cin, L->k, w, mr, nco, acc);
+        ob_epi_8(L, arena, oy, ox0, mr, co0, nco, acc, row8);
+    }
 }
 #endif
 
@@ -523,21 +545,16 @@ static void ob_layer_run(const ob_layer *L, unsigned char *arena, int mode, long
         }
 #if ONEBIT_HAS_INT8
         if (mode == ONEBIT_INT8)
-            for (ox0 = 0; ox0 < L->ow; ox0 += OB_MR8) {
-                const int mr = L->ow - ox0 < OB_MR8 ? L->ow - ox0 : OB_MR8;
-                const size_t off = ((size_t)(oy * L->stride - L->pad + 1) * ((size_t)L->iw + 2) +
-                                    (size_t)(ox0 * L->stride - L->pad + 1)) * (size_t)L->cin;
-                int32_t acc[OB_MR8 * OB_NCO];
-                ob_k8(OB_U8(arena, L->src) + off, pix, row, L->cin, L->k, w, mr, nco, acc);
-                ob_epi_8(L, arena, oy, ox0, mr, co0, nco, acc);
-            }
+            ob_tiles8(L, arena, OB_U8(arena, L->src) + (size_t)(oy * L->stride - L->pad + 1) * (size_t)row, oy, blk,
+                      NULL);
 #endif
         if (L->epi != OB_EPI_HEAD) {
             if (mode == ONEBIT_INT8) {           /* R int16 (border 0), T and A bytes (border: zero code) */
 #if ONEBIT_HAS_INT8
                 if (L->epi == OB_EPI_ACT) ob_border(arena + ob_slot_8[L->dst], 1, L, oy, co0, nco, L->q8_z);
                 if (L->epi == OB_EPI_RES && L->dst >= 0) ob_border(arena + ob_slot_8[L->dst], 2, L, oy, co0, nco, 0);
-                if (L->act_dst >= 0) ob_border(arena + ob_slot_8[L->act_dst], 1, L, oy, co0, nco, L->q8_z);
+                if (L->act_dst >= 0 && !ONEBIT_STREAM8)
+                    ob_border(arena + ob_slot_8[L->act_dst], 1, L, oy, co0, nco, L->q8_z);
 #endif
             } else {
                 const size_t esz = mode == ONEBIT_FLOAT ? sizeof(float) : sizeof(int16_t);
@@ -548,6 +565,121 @@ static void ob_layer_run(const ob_layer *L, unsigned char *arena, int mode, long
         }
     }
 }
+
+#if ONEBIT_HAS_INT8 && ONEBIT_STREAM8
+/* 8-bit mode, streamed (bare-metal plans, one thread per image; onebit/export/arena.py, _stream_layout): a
+ * residual block runs row by row. Before conv2 computes output row y, the T rows it reads are computed by conv1,
+ * each from the A rows it reads, each A row from the stored R of the block before (A = act(R), the value the
+ * layer-at-a-time run stores); the A and T slots hold the last k padded rows (a window), R stays whole. The
+ * last block hands each A row to the head at once. Every value is the layer-at-a-time run's. */
+typedef struct {
+    uint8_t *buf;           /* `count` consecutive padded rows of a tensor from row `first` on */
+    size_t rowb;            /* bytes a padded row */
+    int first, count;
+} ob_win;
+
+/* drop the rows before padded row p (rows kept move to the top) */
+static void ob_win_from(ob_win *w, int p)
+{
+    const int end = w->first + w->count;
+    if (p >= end) {
+        w->count = 0;
+    } else if (p > w->first) {
+        memmove(w->buf, w->buf + (size_t)(p - w->first) * w->rowb, (size_t)(end - p) * w->rowb);
+        w->count = end - p;
+    }
+    if (p > w->first) w->first = p;
+}
+
+/* padded row p of A = act(R) after 'res' layer P (its R stored): the bytes the output step writes */
+static void ob_a_row(const ob_layer *P, const int16_t *R, uint8_t *row, int p)
+{
+    const size_t c = (size_t)P->cout, w2 = (size_t)P->ow + 2;
+    const int32_t z = P->q8_z, a_m = P->q8_a_m, *act_m = P->q8_act_m, *act_b = P->q8_act_b;
+    const int a_sh = P->q8_a_sh, act_sh = P->q8_act_sh;
+    const int16_t *r = R + ((size_t)p * w2 + 1) * c;
+    size_t x, j;
+    memset(row, z, c);
+    memset(row + (w2 - 1) * c, z, c);
+    if (p == 0 || p == P->oh + 1) {
+        memset(row, z, w2 * c);
+    } else if (P->act == OB_ACT_SRELU) {
+        for (x = 0; x < w2 - 2; x++, r += c, row += c)
+            for (j = 0; j < c; j++)
+                row[c + j] = P->q8_i32 ? ob_byte32(ob_rq_hi(r[j], a_m, a_sh) + z) : ob_byte(ob_rq32(r[j], a_m, a_sh) + z);
+    } else {
+        for (x = 0; x < w2 - 2; x++, r += c, row += c)
+            for (j = 0; j < c; j++)
+                row[c + j] = P->q8_i32 ? ob_byte32(ob_rq_hi(r[j], act_m[j], act_sh) + act_b[j])
+                                       : ob_byte(ob_rq32(r[j], act_m[j], act_sh) + act_b[j]);
+    }
+}
+
+/* output row oy of layer L (every channel block) from window rows starting at padded row oy * stride - pad + 1;
+ * a byte output row (row8) gets its zero-code border pixels */
+static void ob_row8(const ob_layer *L, unsigned char *arena, const ob_win *in, int oy, uint8_t *row8)
+{
+    const uint8_t *src = in->buf + (size_t)(oy * L->stride - L->pad + 1 - in->first) * in->rowb;
+    const int nblk = (L->cout + OB_NCO - 1) / OB_NCO;
+    int blk;
+    for (blk = 0; blk < nblk; blk++) {
+        ob_tiles8(L, arena, src, oy, blk, row8);
+        if (L->epi == OB_EPI_RES && L->dst >= 0)
+            ob_border(arena + ob_slot_8[L->dst], 2, L, oy, blk * OB_NCO,
+                      L->cout - blk * OB_NCO < OB_NCO ? L->cout - blk * OB_NCO : OB_NCO, 0);
+    }
+    if (row8) {
+        memset(row8, L->q8_z, (size_t)L->cout);
+        memset(row8 + ((size_t)L->ow + 1) * (size_t)L->cout, L->q8_z, (size_t)L->cout);
+    }
+}
+
+/* the block conv1 = L1, conv2 = L2 after 'res' layer P; H: the head, when this is the last block */
+static void ob_block8(const ob_layer *P, const ob_layer *L1, const ob_layer *L2, const ob_layer *H,
+                      unsigned char *arena)
+{
+    const int16_t *R = OB_R8(arena, P->dst);
+    uint8_t *hrow = H ? OB_U8(arena, H->src) : NULL;
+    ob_win wa, wt, wh;
+    int oy;
+    wa.buf = OB_U8(arena, L1->src); wa.rowb = ((size_t)L1->iw + 2) * (size_t)L1->cin; wa.first = wa.count = 0;
+    wt.buf = OB_U8(arena, L2->src); wt.rowb = ((size_t)L2->iw + 2) * (size_t)L2->cin; wt.first = wt.count = 0;
+    for (oy = 0; oy < L2->oh; oy++) {
+        ob_win_from(&wt, oy * L2->stride - L2->pad + 1);
+        while (wt.count < L2->k) {                    /* T's padded row p: conv1's output row p - 1 */
+            const int p = wt.first + wt.count;
+            uint8_t *trow = wt.buf + (size_t)wt.count * wt.rowb;
+            if (p == 0 || p == L1->oh + 1) {
+                memset(trow, L1->q8_z, wt.rowb);
+            } else {
+                ob_win_from(&wa, (p - 1) * L1->stride - L1->pad + 1);
+                for (; wa.count < L1->k; wa.count++)
+                    ob_a_row(P, R, wa.buf + (size_t)wa.count * wa.rowb, wa.first + wa.count);
+                ob_row8(L1, arena, &wa, p - 1, trow);
+            }
+            wt.count++;
+        }
+        ob_row8(L2, arena, &wt, oy, hrow);
+        if (H) {                                      /* 1 x 1, stride 1, no padding: A's row oy + 1 */
+            wh.buf = hrow; wh.rowb = 0; wh.first = oy + 1; wh.count = 1;
+            ob_row8(H, arena, &wh, oy, NULL);
+        }
+    }
+}
+
+/* one image, streamed: the stem layer at a time (its R over the consumed input rows), then block by block */
+static void ob_forward_stream8(const uint8_t *img, unsigned char *arena, float *logits, int32_t *lq)
+{
+    const long stem_items = (long)((ob_layers[0].cout + OB_NCO - 1) / OB_NCO) * ob_layers[0].oh;
+    int b;
+    ob_input_8(img, arena);
+    ob_layer_run(&ob_layers[0], arena, ONEBIT_INT8, 0, stem_items);
+    for (b = 1; b + 1 < ONEBIT_NUM_LAYERS - 1; b += 2)
+        ob_block8(&ob_layers[b - 1], &ob_layers[b], &ob_layers[b + 1],
+                  b + 2 == ONEBIT_NUM_LAYERS - 1 ? &ob_layers[ONEBIT_NUM_LAYERS - 1] : NULL, arena);
+    ob_head_8(arena, logits, lq);
+}
+#endif
 
 /* ---------------------------------------------------------------------------------------------- */
 /* threads */
@@ -599,6 +731,12 @@ static void ob_forward(int mode, const uint8_t *img, unsigned char *arena, int t
                        float *logits, int32_t *lq)
 {
     int l;
+#if ONEBIT_HAS_INT8 && ONEBIT_STREAM8
+    if (mode == ONEBIT_INT8) {          /* bare-metal plans: one thread per image (onebit_run) */
+        ob_forward_stream8(img, arena, logits, lq);
+        return;
+    }
+#endif
     if (tid == 0) {
         if (mode == ONEBIT_FLOAT) ob_input_f(img, arena);
 #if ONEBIT_HAS_INT8

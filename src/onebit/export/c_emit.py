@@ -164,6 +164,8 @@ def config_header(prog: Program, plan: SlotPlan, qp: QParams | None, model_id: s
         f"#define ONEBIT_HAS_INT8 {int(q8 is not None)}",
         "/* 1: outputs overwrite consumed rows of their input (rows in order: one thread per image) */",
         f"#define ONEBIT_ARENA_OVERLAP {int(plan.overlap)}",
+        "/* 1: the 8-bit mode runs each residual block row by row, keeping a few rows of A and T (onebit.c) */",
+        f"#define ONEBIT_STREAM8 {int(plan.stream8)}",
     ]
     lines.append(f"#define ONEBIT_HEAD_QSH8 {q8.head_sh if q8 is not None else 1}")
     if q8 is not None:
