@@ -140,8 +140,17 @@ def test_pool_lag_bytes_by_hand():
 
 def test_streamed_8bit_plan_halves_the_integer_arena():
     """Issue 21's memory goal: WRN-8-1's 8-bit arena at most half of the integer mode's (bare metal)."""
-    plan = plan_slots(lower(build_model(WRNConfig(depth=8, width=1))), overlap=True)
+    from onebit.bench.firmware import stream_lower_bound
+
+    prog = lower(build_model(WRNConfig(depth=8, width=1)))
+    plan = plan_slots(prog, overlap=True)
     assert plan.stream8 and plan.total_8 <= plan.total_i // 2
+    # the limit: the first pool block, 16 -> 32 channels: R_prev 34 x 34 x 16 x 2 = 36,992 plus its lag 2,304
+    # (pool_lag_bytes: output row 0's 2 rows of 18 x 32 x 2 = 1,152 before input row 0), windows of 3 rows of A
+    # (34 x 16) and T (18 x 32): 1,632 + 1,728. The plan is 544 B above it: the stem's input ends 408 B above R0
+    # (x + lag_bytes = 4,624 + 32,776 > 36,992), which the pool block's lag shifts up with R0, and alignment
+    assert stream_lower_bound(prog) == 36_992 + 2_304 + 1_632 + 1_728
+    assert stream_lower_bound(prog) <= plan.total_8 <= stream_lower_bound(prog) + 9 * ALIGN
     assert not plan_slots(chain_program(), overlap=True).stream8     # no stored R before its block
 
 

@@ -16,6 +16,7 @@ This module drives that build and reads the result:
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ import numpy as np
 
 from onebit.errors import ConfigError, OnebitError
 from onebit.export.c_build import run_make
+from onebit.export.c_contract import EXPORT_INFO
 from onebit.export.targets import BARE_METAL_ARM_PACKAGES
 
 SIZE_TOOL = "arm-none-eabi-size"
@@ -176,15 +178,38 @@ def board_of(out_dir: Path) -> str:
     return m.group(1)
 
 
-def _qemu(cmd: list[str], cwd: Path, timeout: float) -> str:
+def _qemu(cmd: list[str], cwd: Path, timeout: float, images: int | None = None) -> str:
+    """QEMU's standard output; with ``images``, a progress bar (stderr) counts the per-image lines."""
+    import threading
+
+    from tqdm.auto import tqdm
+
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
     try:
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise OnebitError(f"the firmware did not finish within {timeout:g} s") from None
+        err: list[str] = []
+        drain = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+        drain.start()
+        lines = []
+        with tqdm(total=images, disable=images is None, desc=f"firmware in {Path(cmd[0]).name}", unit="img",
+                  leave=False, dynamic_ncols=True) as bar:
+            for line in proc.stdout:
+                lines.append(line)
+                if line[:1].isdigit():
+                    bar.update(1)
+        proc.wait()
+        drain.join()
+    finally:
+        timed_out = not timer.is_alive() and proc.returncode != 0
+        timer.cancel()
+    if timed_out:
+        raise OnebitError(f"the firmware did not finish within {timeout:g} s")
+    out = "".join(lines)
     if proc.returncode != 0:
-        lines = (proc.stdout + proc.stderr).strip().splitlines()
-        raise OnebitError(f"the firmware exited with status {proc.returncode}: {lines[-1] if lines else ''}")
-    return proc.stdout
+        tail = (out + "".join(err)).strip().splitlines()
+        raise OnebitError(f"the firmware exited with status {proc.returncode}: {tail[-1] if tail else ''}")
+    return out
 
 
 def instructions_per_tick(elf: Path, board: str, cwd: Path, timeout: float = 60) -> float:
@@ -207,7 +232,13 @@ def run_firmware(elf: Path, images: Path, *, board: str | None = None, icount: b
     elf, images = Path(elf), Path(images)
     cwd = elf.parent
     board = board or board_of(cwd)
-    out = _qemu(_qemu_cmd(elf, board, [str(images.resolve())], icount), cwd, timeout)
+    n = None                            # images in the file, for the progress bar: its size / one image's bytes
+    try:
+        meta = json.loads((cwd / EXPORT_INFO).read_text())
+        n = images.stat().st_size // (meta["config"]["in_channels"] * meta["image_size"] ** 2)
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        pass
+    out = _qemu(_qemu_cmd(elf, board, [str(images.resolve())], icount), cwd, timeout, n)
     rows, done = [], None
     for line in out.splitlines():
         if line.startswith("done "):
