@@ -210,8 +210,9 @@ def test_simd_kernels_identical_to_portable(cifar, tmp_path):
 
 @needs_cc
 def test_amx_channel_steps_identical_to_portable(cifar, tmp_path):
-    """The AMX kernel's channel steps: 48 channels (tiles narrower than 64 bytes), 96 (a last step of 32
-    that overlaps the first, its repeated rows zeroed), 192 (three whole steps), and the stem's 4."""
+    """The AMX kernel's channel steps: 48 channels a tap (tiles narrower than 64 bytes), 96 by kernel row
+    (3 x 96 = 288 bytes: four steps of 64 and a last one overlapping, its repeated rows zeroed), 192 a tap
+    (three whole steps), the stem's 4 by row (12 bytes). WRN-8-1 (above) has 16 and 32 by row (48; 64 + 32)."""
     if "amx_int8" not in cpu_flags():
         pytest.skip("this CPU has no AMX-INT8")
     images, calib = cifar

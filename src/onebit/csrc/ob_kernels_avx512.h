@@ -398,9 +398,10 @@ static void ob_k8_zmm(const uint8_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, i
  * C[m][n] += sum_k A[m][k] B[k/4][4n + k%4]. Row m of A is pixel m's bytes u[ci..ci+63] of one tap, loaded
  * with the pixel stride as the row stride (no copy); row r of B is exactly OB_W8's vector for input
  * channels ci+4r..ci+4r+3, built into a 1 KB buffer per 16 outputs. Up to 32 pixels x 32 outputs: C tiles
- * 0-3 (pixels 0-15 / 16-31 x outputs 0-15 / 16-31), A tiles 4-5, B tiles 6-7. Channels in steps of 64;
- * cin < 64 makes the tiles cin bytes wide, and a last step of cin % 64 channels is the 64 channels ending
- * at cin with the B rows of those already summed set to 0. The integer sums are the same as every other
+ * 0-3 (pixels 0-15 / 16-31 x outputs 0-15 / 16-31), A tiles 4-5, B tiles 6-7. Channels in steps of 64, of
+ * one tap or, where that takes fewer steps, of one kernel row's k taps together (k * cin consecutive bytes);
+ * fewer than 64 make the tiles narrower, and a last step of the remainder is the 64 channels ending at the
+ * end with the B rows of those already summed set to 0. The integer sums are the same as every other
  * kernel's. Linux hands out the tile state only on request (arch_prctl ARCH_REQ_XCOMP_PERM, kernel 5.16+):
  * ob_kernels_init asks once; where that fails the VNNI kernel above runs instead. A thread keeps its tile
  * configuration between calls (reloaded only when it changes) until ob_kernels_done releases it. */
@@ -437,13 +438,14 @@ static void ob_kernels_done(void)       /* end of a thread's work: give the tile
     }
 }
 
-/* B rows of step s (tap s / nci, channels from 64 (s % nci), or the 64 ending at cin) into b[0] (outputs
- * 0-15) and b[1] (16-31) */
-static inline void ob_amx_b(const uint8_t *w, int cin, int nci, int kb, int hi, int s, uint8_t (*b)[16][64])
+/* B rows of step s (unit s / nci, flattened channels from 64 (s % nci), or the 64 ending at len) into b[0]
+ * (outputs 0-15) and b[1] (16-31); a unit is `len` channels whose sign words follow one another (one tap, or
+ * the k taps of a kernel row) */
+static inline void ob_amx_b(const uint8_t *w, int len, int nci, int kb, int hi, int s, uint8_t (*b)[16][64])
 {
     OB_W8_CONSTANTS
-    const int ci = 64 * (s % nci), c0 = cin >= 64 && ci + 64 > cin ? cin - 64 : ci;
-    const uint8_t *wr = w + (size_t)(s / nci) * (size_t)cin * OB_TAP_BYTES;
+    const int ci = 64 * (s % nci), c0 = len >= 64 && ci + 64 > len ? len - 64 : ci;
+    const uint8_t *wr = w + (size_t)(s / nci) * (size_t)len * OB_TAP_BYTES;
     int r;
     for (r = 0; r < kb / 4; r++) {
         __m512i lo, hv;
@@ -457,13 +459,18 @@ static inline void ob_amx_b(const uint8_t *w, int cin, int nci, int kb, int hi, 
     }
 }
 
+/* A step covers 64 of a unit's flattened channels. A unit is one tap (cin channels), or, where that takes
+ * fewer steps (cin < 64), one kernel row: its k taps are k * cin consecutive bytes of a pixel's NHWC row
+ * (and their sign words are consecutive too), so a 16-channel layer sums 48 bytes per tdpbusd, not 16. */
 static void ob_k8_amx(const uint8_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, int k, const uint8_t *w,
                       int mr, int nco, int32_t *acc)
 {
     uint8_t b[2][16][64];
     ob_tilecfg cfg;
-    const int m0 = mr < 16 ? mr : 16, m1 = mr - m0, hi = nco > 16, kb = cin < 64 ? cin : 64;
-    const int nci = (cin + 63) / 64, steps = k * k * nci;
+    const int by_row = k * ((k * cin + 63) / 64) < k * k * ((cin + 63) / 64);
+    const int len = by_row ? k * cin : cin, units = by_row ? k : k * k;
+    const int m0 = mr < 16 ? mr : 16, m1 = mr - m0, hi = nco > 16, kb = len < 64 ? len : 64;
+    const int nci = (len + 63) / 64, steps = units * nci;
     int s, t;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
@@ -485,9 +492,9 @@ static void ob_k8_amx(const uint8_t *x, ptrdiff_t pix, ptrdiff_t row, int cin, i
     if (hi) _tile_zero(1);
     if (m1) { _tile_zero(2); if (hi) _tile_zero(3); }
     for (s = 0; s < steps; s++) {
-        const int tap = s / nci, ci = 64 * (s % nci), c0 = cin >= 64 && ci + 64 > cin ? cin - 64 : ci;
-        const uint8_t *a = x + (tap / k) * row + (ptrdiff_t)(tap % k) * cin + c0;
-        ob_amx_b(w, cin, nci, kb, hi, s, b);
+        const int u = s / nci, ci = 64 * (s % nci), c0 = len >= 64 && ci + 64 > len ? len - 64 : ci;
+        const uint8_t *a = x + (by_row ? u * row : (u / k) * row + (ptrdiff_t)(u % k) * cin) + c0;
+        ob_amx_b(w, len, nci, kb, hi, s, b);
         _tile_loadd(6, b[0], 64);
         _tile_loadd(4, a, pix);
         _tile_dpbusd(0, 4, 6);
