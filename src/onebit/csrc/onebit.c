@@ -599,11 +599,13 @@ static void ob_a_row(const ob_layer *P, const int16_t *R, uint8_t *row, int p)
     const int a_sh = P->q8_a_sh, act_sh = P->q8_act_sh;
     const int16_t *r = R + ((size_t)p * w2 + 1) * c;
     size_t x, j;
+    if (p == 0 || p == P->oh + 1) {                   /* the zero border rows */
+        memset(row, z, w2 * c);
+        return;
+    }
     memset(row, z, c);
     memset(row + (w2 - 1) * c, z, c);
-    if (p == 0 || p == P->oh + 1) {
-        memset(row, z, w2 * c);
-    } else if (P->act == OB_ACT_SRELU) {
+    if (P->act == OB_ACT_SRELU) {
         for (x = 0; x < w2 - 2; x++, r += c, row += c)
             for (j = 0; j < c; j++)
                 row[c + j] = P->q8_i32 ? ob_byte32(ob_rq_hi(r[j], a_m, a_sh) + z) : ob_byte(ob_rq32(r[j], a_m, a_sh) + z);

@@ -121,8 +121,8 @@ def _smallest(layout: Callable[[int | None], tuple[dict[str, int], int]]) -> tup
 
 
 def streamable(prog: Program) -> bool:
-    """Whether the 8-bit mode can stream ``prog``: stem, then (conv1 'act', conv2 'res') per block with every
-    block's input R stored, then a 1 x 1 stride-1 head."""
+    """Whether the 8-bit mode can stream ``prog``: stem, then (conv1 'act', conv2 'res' with an identity or pool
+    shortcut) per block with every block's input R stored, then a 1 x 1 stride-1 head."""
     s = prog.steps
     if len(s) < 4 or len(s) % 2 or s[0].epilogue != "res" or s[-1].epilogue != "head":
         return False
@@ -132,7 +132,7 @@ def streamable(prog: Program) -> bool:
     for b in range((len(s) - 2) // 2):
         prod, c1, c2 = s[2 * b], s[2 * b + 1], s[2 * b + 2]
         if (c1.epilogue, c2.epilogue) != ("act", "res") or not prod.out or c1.src != prod.act_out \
-                or c2.src != c1.out or (c2.res != "none" and c2.res_src != prod.out):
+                or c2.src != c1.out or c2.res not in ("identity", "pool") or c2.res_src != prod.out:
             return False
     return head.src == s[-2].act_out
 
