@@ -59,6 +59,27 @@ def test_shifted_relu():
     assert ShiftedReLU()(x).tolist() == [-1.0, -1.0, -0.5, 0.0, 2.0]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_shifted_relu_gradient_is_clamp_min_s(dtype):
+    """The fast backward (ReLU's kernel) passes the gradient exactly where clamp_min's does, x > -1: not at -1
+    itself nor below, from its upper neighbour in the dtype on, and on random values."""
+    minus_one = torch.tensor(-1.0, dtype=dtype)
+    below = torch.nextafter(minus_one, torch.tensor(-2.0, dtype=dtype))
+    above = torch.nextafter(minus_one, torch.tensor(0.0, dtype=dtype))
+    torch.manual_seed(0)
+    x = torch.cat([torch.stack([below, minus_one, above, -2 * minus_one]), torch.randn(4092).to(dtype) - 1])
+    x = x.reshape(4, 4, 16, 16).to(memory_format=torch.channels_last)    # as in training (channels_last)
+    grad = torch.randn(x.shape).to(dtype)
+    ours = x.clone().requires_grad_()
+    ShiftedReLU()(ours).backward(grad)
+    ref = x.clone().requires_grad_()
+    torch.clamp_min(ref, -1.0).backward(grad)
+    assert torch.equal(ours.grad, ref.grad)
+    assert ours.grad.flatten()[:4].tolist() == [0.0, 0.0, *grad.flatten()[2:4].tolist()]   # -1 and below: 0
+    with torch.no_grad():                                   # no autograd: plain clamp_min
+        assert torch.equal(ShiftedReLU()(x), torch.clamp_min(x, -1.0))
+
+
 @pytest.mark.parametrize("kernel, stride, size", [(3, 1, 8), (3, 2, 8), (3, 2, 9), (1, 1, 6), (1, 2, 6), (5, 1, 7)])
 @pytest.mark.parametrize("pad_mode", ["symmetric", "tf_same"])
 def test_binary_conv_geometry_in_both_padding_modes(kernel, stride, size, pad_mode):
