@@ -192,8 +192,8 @@ def _qemu(cmd: list[str], cwd: Path, timeout: float, images: int | None = None) 
         drain = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
         drain.start()
         lines = []
-        with tqdm(total=images, disable=images is None, desc=f"firmware in {Path(cmd[0]).name}", unit="img",
-                  leave=False, dynamic_ncols=True) as bar:
+        with tqdm(total=images, disable=True if images is None else None,     # None: only on a terminal
+                  desc=f"firmware in {Path(cmd[0]).name}", unit="img", leave=False, dynamic_ncols=True) as bar:
             for line in proc.stdout:
                 lines.append(line)
                 if line[:1].isdigit():
