@@ -74,10 +74,15 @@ class _ShiftedReLUFunction(torch.autograd.Function):
         return torch.ops.aten.threshold_backward(grad, x, -1.0)
 
 
+def _exporting() -> bool:
+    """Inside torch.export (ONNX export traces the plain clamp); torch < 2.5 has no such query."""
+    return getattr(torch.compiler, "is_exporting", lambda: False)()
+
+
 class ShiftedReLU(nn.Module):
     """Shifted ReLU ``y = max(x, -1)``, replacing every BN + ReLU pair (McDonnell et al. 2019, eq. 1)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad and not torch.compiler.is_exporting():
+        if torch.is_grad_enabled() and x.requires_grad and not _exporting():
             return _ShiftedReLUFunction.apply(x)
         return torch.clamp_min(x, -1.0)
