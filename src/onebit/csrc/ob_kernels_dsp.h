@@ -237,6 +237,14 @@ static inline uint32_t ob_word(const uint8_t *p)
  * one LDM / STM for each output's four sums (28 instructions per 64 multiply-accumulates); else the same loop
  * in C. */
 #if defined(__GNUC__) && defined(__thumb2__)
+/* one output: its four pixels' sums (LDM), += |u_p - x| for the x word in operand m, stored back (STM) */
+#define OB_K8_OUTPUT(m) \
+    "ldm %[s], {r8, r9, r10, r11}\n\t" \
+    "usada8 r8, %[u0], %[" m "], r8\n\t" \
+    "usada8 r9, %[u1], %[" m "], r9\n\t" \
+    "usada8 r10, %[u2], %[" m "], r10\n\t" \
+    "usada8 r11, %[u3], %[" m "], r11\n\t" \
+    "stmia %[s]!, {r8, r9, r10, r11}\n\t"
 static __attribute__((noinline)) void ob_k8_group(uint32_t u0, uint32_t u1, uint32_t u2, uint32_t u3,
                                                   const uint32_t *xm, int nj, uint32_t *sums)
 {
@@ -245,31 +253,9 @@ static __attribute__((noinline)) void ob_k8_group(uint32_t u0, uint32_t u1, uint
     __asm__ __volatile__(
         "1:\n\t"
         "ldrd %[m0], %[m1], [%[xm]], #8\n\t"
-        "ldm %[s], {r8, r9, r10, r11}\n\t"
-        "usada8 r8, %[u0], %[m0], r8\n\t"
-        "usada8 r9, %[u1], %[m0], r9\n\t"
-        "usada8 r10, %[u2], %[m0], r10\n\t"
-        "usada8 r11, %[u3], %[m0], r11\n\t"
-        "stmia %[s]!, {r8, r9, r10, r11}\n\t"
-        "ldm %[s], {r8, r9, r10, r11}\n\t"
-        "usada8 r8, %[u0], %[m1], r8\n\t"
-        "usada8 r9, %[u1], %[m1], r9\n\t"
-        "usada8 r10, %[u2], %[m1], r10\n\t"
-        "usada8 r11, %[u3], %[m1], r11\n\t"
-        "stmia %[s]!, {r8, r9, r10, r11}\n\t"
+        OB_K8_OUTPUT("m0") OB_K8_OUTPUT("m1")
         "ldrd %[m0], %[m1], [%[xm]], #8\n\t"
-        "ldm %[s], {r8, r9, r10, r11}\n\t"
-        "usada8 r8, %[u0], %[m0], r8\n\t"
-        "usada8 r9, %[u1], %[m0], r9\n\t"
-        "usada8 r10, %[u2], %[m0], r10\n\t"
-        "usada8 r11, %[u3], %[m0], r11\n\t"
-        "stmia %[s]!, {r8, r9, r10, r11}\n\t"
-        "ldm %[s], {r8, r9, r10, r11}\n\t"
-        "usada8 r8, %[u0], %[m1], r8\n\t"
-        "usada8 r9, %[u1], %[m1], r9\n\t"
-        "usada8 r10, %[u2], %[m1], r10\n\t"
-        "usada8 r11, %[u3], %[m1], r11\n\t"
-        "stmia %[s]!, {r8, r9, r10, r11}\n\t"
+        OB_K8_OUTPUT("m0") OB_K8_OUTPUT("m1")
         "cmp %[xm], %[end]\n\t"
         "bne 1b\n\t"
         : [xm] "+r"(xm), [s] "+r"(sums), [m0] "=&r"(m0), [m1] "=&r"(m1)
