@@ -60,8 +60,8 @@ def tf_same_pad(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
 
 class _ShiftedReLUFunction(torch.autograd.Function):
     """``max(x, -1)`` with clamp_min's gradient, ``dy/dx = [x > -1]``, computed by ReLU's backward kernel
-    (``threshold_backward``) instead of clamp_min's ``where(x > -1, grad, 0)``, which took a third of a bf16
-    training step on the CPU (docs/performance.md). Same values, bit for bit."""
+    (``threshold_backward``) instead of clamp_min's slower ``where(x > -1, grad, 0)`` (bf16 on the CPU:
+    docs/performance.md). Same values, bit for bit."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
