@@ -223,7 +223,8 @@ def test_locked_run_is_left_to_its_owner(tmp_path, tiny_cifar10):
 def test_jobs_run_as_worker_processes_that_record_into_the_store(tmp_path, tiny_cifar10, capsys):
     path = tiny_sweep(tmp_path, tiny_cifar10, [0, 1])
     assert main(["sweep", str(path), "--jobs", "2", "--no-progress"]) == 0
-    assert "done 2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "done 2" in out and out.count("started: ") == 2
     with ResultsStore(tmp_path / "runs.db") as store:
         rows = store.runs()
         assert sorted(r["seed"] for r in rows) == [0, 1]
@@ -232,6 +233,38 @@ def test_jobs_run_as_worker_processes_that_record_into_the_store(tmp_path, tiny_
         log = (Path(r["run_dir"]) / "log.txt").read_text()
         assert "done" in log
         assert json.loads((Path(r["run_dir"]) / "config.json").read_text())["num_threads"] >= 1
+
+
+def test_worker_sweep_bar_counts_epochs_from_the_runs_metrics_logs(tmp_path, tiny_cifar10):
+    """Worker processes cannot draw a bar: the sweep's counts epochs, read from each active run's metrics
+    log (a resumed run from its checkpoint's), and names the active runs with done/epochs."""
+    import io
+    from tqdm import tqdm
+    from onebit.experiments.runner import EpochCount, Status
+
+    runs = load_sweep(tiny_sweep(tmp_path, tiny_cifar10, [0, 1, 2])).expand()
+    resumed, fresh, failing = runs
+    RunDir(resumed.run_dir).path.mkdir(parents=True)
+    RunDir(resumed.run_dir).write_metrics([{"epoch": 1, "val_acc": 0.1}])
+    out = io.StringIO()
+    bar = tqdm(total=len(runs), file=out, mininterval=0)
+    count = EpochCount(runs, bar)
+    assert (bar.total, bar.n, bar.unit) == (6, 1, "epoch")
+    RunDir(fresh.run_dir).path.mkdir(parents=True)
+    RunDir(fresh.run_dir).write_metrics([{"epoch": 1}])
+    count.show([resumed, fresh])
+    assert bar.n == 2
+    assert f"{resumed.config_hash[:8]} 1/2 · {fresh.config_hash[:8]} 1/2" in out.getvalue()
+    count.finished(resumed, Status.DONE)          # its last epoch was not polled: counted whole now
+    count.finished(failing, Status.FAILED)        # a failed run adds nothing
+    assert bar.n == 3
+    written = len(out.getvalue())
+    count.show([fresh])
+    assert bar.n == 3                             # nothing new in fresh's log: no double count,
+    assert len(out.getvalue()) == written         # and no redraw in a file (a log is not a clock)
+    count.finished(fresh, Status.DONE)
+    assert bar.n == 4 and bar.n < bar.total
+    bar.close()
 
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"

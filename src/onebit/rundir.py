@@ -171,6 +171,14 @@ class RunDir:
         by_epoch = {row["epoch"]: row for row in parse_metrics(text, str(self.metrics))}
         return [by_epoch[e] for e in sorted(by_epoch)]
 
+    def epochs_logged(self) -> int:
+        """How many epochs the metrics log holds: its non-blank lines (the log is rewritten atomically, one
+        line per epoch), counted without parsing, for progress displays that poll it."""
+        try:
+            return sum(1 for line in self.metrics.read_bytes().splitlines() if line.strip())
+        except OSError:
+            return 0
+
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in rows))
 

@@ -248,12 +248,59 @@ def settle(outcome: Outcome, run: PlannedRun, result: RunResult, detail: str = "
         print(f"run {run.label} failed: {result.error}", file=sys.stderr)
 
 
+EPOCH_POLL_S = 1.0                    # how often the worker sweep's bar reads its runs' metrics logs
+
+
+class EpochCount:
+    """The sweep bar while worker processes train (they cannot draw their own): counted in epochs, the
+    total being every pending run's ``epochs``; a run's count is the epochs its metrics log holds (so a
+    resumed run starts from its checkpoint's), a recorded run counts whole. The postfix names each active
+    run by its hash with ``done/epochs``; the "started" lines give the hash's settings."""
+
+    def __init__(self, todo: list[PlannedRun], bar: Any):
+        self.bar = bar
+        self.total = {run.config_hash: run.config.epochs for run in todo}
+        self.seen = {run.config_hash: min(RunDir(run.run_dir).epochs_logged(), run.config.epochs)
+                     for run in todo}
+        bar.reset(total=sum(self.total.values()))
+        bar.unit = "epoch"
+        bar.n = bar.last_print_n = bar.initial = sum(self.seen.values())     # no rate from earlier epochs
+        bar.refresh()
+
+    def _advance(self, run: PlannedRun, done: int) -> int:
+        """Record ``done`` epochs of ``run`` (capped at its total); the epochs that are new."""
+        new = max(0, min(done, self.total[run.config_hash]) - self.seen[run.config_hash])
+        self.seen[run.config_hash] += new
+        return new
+
+    def show(self, active: list[PlannedRun]) -> None:
+        """Read the active runs' metrics logs; advance the bar and name them in its postfix. Redrawn every
+        poll on a terminal (the clock moves), only when a count moved in a log file."""
+        new = sum(self._advance(run, RunDir(run.run_dir).epochs_logged()) for run in active)
+        self.bar.set_postfix_str(" · ".join(f"{run.config_hash[:8]} {self.seen[run.config_hash]}/"
+                                            f"{self.total[run.config_hash]}" for run in active), refresh=False)
+        if new:
+            self.bar.update(new)
+        elif getattr(getattr(self.bar, "fp", None), "isatty", lambda: False)():
+            self.bar.refresh()
+
+    def finished(self, run: PlannedRun, status: Status) -> None:
+        """A worker ended: a recorded run (done, or recorded before) counts all its epochs."""
+        if status in (Status.DONE, Status.SKIPPED):
+            self.bar.update(self._advance(run, self.total[run.config_hash]))
+
+
 def _with_workers(todo: list[PlannedRun], store_path: Path, sweep: str | None, jobs: int,
                   gpus: list[str] | None, outcome: Outcome, bar: Any) -> None:
-    """Keep ``jobs`` worker processes busy; slot i uses GPU gpus[i % len(gpus)] when gpus are given."""
+    """Keep ``jobs`` worker processes busy; slot i uses GPU gpus[i % len(gpus)] when gpus are given. The
+    bar counts epochs (:class:`EpochCount`)."""
+    from tqdm.auto import tqdm
+
     queue = list(todo)
     active: dict[int, tuple[subprocess.Popen, PlannedRun, Any]] = {}
     threads = max(1, len(usable_cpus()) // jobs)
+    epochs = EpochCount(todo, bar)
+    polled = time.monotonic()
     try:
         while queue or active:
             for slot in range(jobs):
@@ -271,7 +318,11 @@ def _with_workers(todo: list[PlannedRun], store_path: Path, sweep: str | None, j
                 cmd += ["--preset", run.preset] if run.preset else []
                 log = open(RunDir(run.run_dir).log, "a")
                 active[slot] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), run, log)
+                tqdm.write(f"{time.strftime('%H:%M:%S')} started: {run.label}")
             time.sleep(0.2)
+            if time.monotonic() - polled >= EPOCH_POLL_S:
+                epochs.show([run for _, run, _ in active.values()])
+                polled = time.monotonic()
             for slot, (proc, run, log) in list(active.items()):
                 code = proc.poll()
                 if code is None:
@@ -281,7 +332,7 @@ def _with_workers(todo: list[PlannedRun], store_path: Path, sweep: str | None, j
                 result = (RunResult(WORKER_EXITS[code]) if code in WORKER_EXITS else RunResult(
                     Status.FAILED, f"worker exited with code {code}; see {RunDir(run.run_dir).log}"))
                 settle(outcome, run, result)
-                bar.update()
+                epochs.finished(run, result.status)
     finally:
         for proc, _, log in active.values():     # interrupted: stop workers; their checkpoints remain
             proc.terminate()
