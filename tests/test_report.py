@@ -257,6 +257,20 @@ def test_the_margin_per_epoch_and_the_verdicts_follow_the_stored_curves(study):
         assert row["verdict"] == want
 
 
+def test_margin_plot_limits_fit_the_lines_and_say_when_a_band_is_clipped():
+    from onebit.experiments.figures import margin_limits
+
+    nan = float("nan")
+    curve = {"diff": np.array([0.05, -0.10]), "low": np.array([nan, -0.14]), "high": np.array([nan, -0.06])}
+    lo, hi, clipped = margin_limits([curve])
+    assert (lo, hi, clipped) == (pytest.approx(-15.0), pytest.approx(10.0), False)   # range 15 -> pad 5
+    wide = dict(curve, low=np.array([-1.2, -0.14]), high=np.array([0.9, -0.06]))     # a 2 + 2 run band
+    assert margin_limits([wide])[:2] == (lo, hi) and margin_limits([wide])[2] is True
+    above = {"diff": np.array([0.02, 0.03]), "low": np.full(2, nan), "high": np.full(2, nan)}
+    lo, hi, clipped = margin_limits([above])
+    assert lo == pytest.approx(-5.0) and hi == pytest.approx(8.0) and not clipped     # 0 stays in view
+
+
 def test_frontier_of_the_committed_main_job_store(tmp_path, capsys):
     """``onebit report --frontier``: every run with a measured architecture is a point; the frontier keeps
     the runs no other run beats on both time and validation accuracy."""

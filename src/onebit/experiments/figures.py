@@ -129,29 +129,53 @@ def lr_schedules(variants: list[Variant], epochs_of: Callable[[str], list[dict[s
     return _save(fig, path)
 
 
+def margin_limits(curves: list[dict[str, np.ndarray]], pad: float = 5.0) -> tuple[float, float, bool]:
+    """y-limits (points) for margin curves: the means' range and 0, padded by ``pad`` or a quarter of the
+    range; and whether a band reaches past them (a Welch band over 2 + 2 runs has ~1 degree of freedom and
+    can span 100 points; drawn whole it would flatten every line)."""
+    means = np.concatenate([100 * c["diff"] for c in curves] + [np.zeros(1)])
+    lo, hi = float(np.nanmin(means)), float(np.nanmax(means))
+    pad = max(pad, (hi - lo) / 4)
+    lo, hi = lo - pad, hi + pad
+    bands = np.concatenate([100 * np.r_[c["low"], c["high"]] for c in curves] + [np.zeros(1)])
+    bands = bands[~np.isnan(bands)]
+    return lo, hi, bool(bands.size and (bands.min() < lo or bands.max() > hi))
+
+
 def margin_over_training(ms: list[Margin], epochs_of: Callable[[str], list[dict[str, Any]]], metric: str,
                          title: str, path: Path) -> Path:
-    """BN minus shifted-ReLU accuracy (points) against epoch, one line per network and bit-depth, with its
-    95% Welch band where both sides have at least 2 seeds."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    """BN minus shifted-ReLU accuracy (points) against epoch: one panel per network, one line per
+    bit-depth (solid 1-bit, dashed 32-bit), with its 95% Welch band where both sides have at least 2 seeds;
+    the y-axis fits the lines (:func:`margin_limits`), bands that reach past it are clipped and said so."""
+    curves: dict[tuple[int, int], list[tuple[Margin, dict[str, np.ndarray]]]] = {}
     for m in ms:
-        s = m.bn.settings
         curve = margin_per_epoch(m, epochs_of, metric)
-        if not len(curve["epoch"]):
-            continue
-        dash = "-" if s["weight_bits"] == 1 else "--"
-        line, = ax.plot(curve["epoch"], 100 * curve["diff"], linestyle=dash, marker=".",
-                        label=f"WRN-{s['depth']}-{s['width']}, {s['weight_bits']}-bit "
-                              f"({len(m.bn.runs)} + {len(m.srelu.runs)} runs)")
-        band = ~np.isnan(curve["low"])
-        if band.any():
-            ax.fill_between(curve["epoch"][band], 100 * curve["low"][band], 100 * curve["high"][band],
-                            color=line.get_color(), alpha=0.15)
-    ax.axhline(0, color="0.3", linewidth=0.8)
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"BN − shifted ReLU, {'validation' if metric == 'val_acc' else 'test'} accuracy (points)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+        if len(curve["epoch"]):
+            s = m.bn.settings
+            curves.setdefault((s["depth"], s["width"]), []).append((m, curve))
+    nets = sorted(curves)
+    fig, axes = plt.subplots(1, max(len(nets), 1), figsize=(1.5 + 3.6 * max(len(nets), 1), 4), sharey=True,
+                             squeeze=False)
+    lo, hi, clipped = margin_limits([c for net in nets for _, c in curves[net]] or [
+        {"diff": np.zeros(1), "low": np.zeros(1), "high": np.zeros(1)}])
+    for ax, (depth, width) in zip(axes[0], nets):
+        for m, curve in sorted(curves[(depth, width)], key=lambda mc: mc[0].bn.settings["weight_bits"]):
+            bits = m.bn.settings["weight_bits"]
+            color, dash = ("tab:green", "-") if bits == 1 else ("tab:purple", "--")
+            ax.plot(curve["epoch"], 100 * curve["diff"], linestyle=dash, marker=".", color=color,
+                    label=f"{bits}-bit ({len(m.bn.runs)} + {len(m.srelu.runs)} runs)")
+            band = ~np.isnan(curve["low"])
+            if band.any():
+                ax.fill_between(curve["epoch"][band], 100 * curve["low"][band], 100 * curve["high"][band],
+                                color=color, alpha=0.15)
+        ax.axhline(0, color="0.3", linewidth=0.8)
+        ax.set_ylim(lo, hi)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_title(f"WRN-{depth}-{width}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel(f"BN − shifted ReLU, {'validation' if metric == 'val_acc' else 'test'} "
+                          "accuracy (points)")
+    fig.suptitle(title + ("; bands clipped at the axes" if clipped else ""), fontsize=10)
     return _save(fig, path)
