@@ -94,7 +94,7 @@ class TrainConfig:
     seed: int = option(0, "random seed")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     amp: bool | None = option(None, "bf16 autocast (default: on for GPUs, off on CPUs; on a CPU with native "
-                                    "bf16, AVX-512 BF16 or AMX, --amp trains 1.65-2.76x faster per step)")
+                                    "bf16, AVX-512 BF16 or AMX, --amp trains 1.4-3.4x faster per step)")
     channels_last: bool = option(True, "channels_last (NHWC) memory format, on GPU and CPU")
     compile: bool | None = option(None, "torch.compile the model (default: on for CUDA, off on CPU)")
     num_threads: int = option(0, "CPU threads (0 = the usable CPUs that other processes are not busy on)")
