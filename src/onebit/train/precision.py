@@ -6,7 +6,8 @@ float32 on a CPU). On a CPU, ``--amp`` trains in bf16; the run says whether the 
 is 1.4-3.4x faster per step (WRN-8-1 to WRN-14-4, docs/performance.md). It is not the CPU default because
 the fp32 / bf16 twins (docs/results/cpu-bf16) did not agree within 1.0 point on every check: WRN-8-1's
 validation accuracy after 7 epochs was 1.19 points lower in bf16 (4 seeds, not significant). A run resolves
-``None`` once, before its folder is written, so ``config.json`` records the format it trained in and ``--resume`` keeps it.
+``None`` once, before its folder is written, so ``config.json`` records the format it trained in and
+``--resume`` keeps it.
 
 What autocast covers: the training forward pass (convolutions and the head's matmul run in bf16; autocast
 keeps reductions in float32). Master weights, SGD momentum, the loss (cross-entropy of the logits cast to
