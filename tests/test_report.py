@@ -96,11 +96,13 @@ def test_error_table_matches_the_stored_runs(study):
         err = np.array([1 - r["test_acc"] for r in runs]) * 100
         mean, std = parse_pm(test_err)
         assert mean == pytest.approx(err.mean(), abs=0.006)
+        val = np.array([1 - r["val_acc"] for r in runs]) * 100
         if n > 1:
             assert std == pytest.approx(err.std(ddof=1), abs=0.006)
+            assert float(row["test s.e."]) == pytest.approx(err.std(ddof=1) / math.sqrt(n), abs=0.006)
+            assert float(row["validation s.e."]) == pytest.approx(val.std(ddof=1) / math.sqrt(n), abs=0.006)
         else:
-            assert math.isnan(std)
-        val = np.array([1 - r["val_acc"] for r in runs]) * 100
+            assert math.isnan(std) and row["test s.e."] == row["validation s.e."] == "–"
         assert parse_pm(val_err)[0] == pytest.approx(val.mean(), abs=0.006)
         assert row["published test error %"] == "–"           # no published number for WRN-8-1
 

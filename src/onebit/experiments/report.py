@@ -1,6 +1,7 @@
 """The study report: ``report.md`` plus PNG figures, written from a results store.
 
-Sections: one error-rate table per dataset (mean +/- sample std over seeds, n, beside the published numbers
+Sections: one error-rate table per dataset (mean +/- sample std over seeds, the standard error of the mean
+std / sqrt(n), n, beside the published numbers
 of docs/paper.md), the accuracy margin of BN over shifted ReLU with its Welch 95% confidence interval and a
 sentence on its significance (see ``stats``), figures (test error versus width, learning curves, learning-rate
 schedules), the cost of each variant (parameters, weight memory at the stored bit-widths, MACs and extra BN
@@ -69,15 +70,16 @@ def _fmt_setting(value: Any) -> str:
 
 def error_table(variants: list[Variant]) -> str:
     extra = varying_settings(variants)
-    header = ["network", "design", "weight bits", *extra, "n", "test error % (mean ± std)",
-              "validation error %", "best epoch (by held-out acc.)", "published test error %"]
+    header = ["network", "design", "weight bits", *extra, "n", "test error % (mean ± std)", "test s.e.",
+              "validation error %", "validation s.e.", "best epoch (by held-out acc.)", "published test error %"]
     rows = []
     for v in variants:
         s = v.settings
         best = sorted({r["best_epoch"] for r in v.runs if r.get("best_epoch") is not None})
         rows.append([f"WRN-{s['depth']}-{s['width']}", design_name(s["norm"]), s["weight_bits"],
                      *(_fmt_setting(s.get(k)) for k in extra), v.summary("test_acc").n,
-                     mean_std(v.summary("test_acc")), mean_std(v.summary("val_acc")),
+                     mean_std(v.summary("test_acc")), pct(v.summary("test_acc").sem),
+                     mean_std(v.summary("val_acc")), pct(v.summary("val_acc").sem),
                      ", ".join(map(str, best)) or "–", published_error(s)])
     return markdown_table(header, rows)
 

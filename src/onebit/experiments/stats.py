@@ -64,6 +64,11 @@ class Summary:
     std: float           # sample std (ddof = 1); nan for n < 2
     n: int
 
+    @property
+    def sem(self) -> float:
+        """Standard error of the mean, std / sqrt(n); nan for n < 2."""
+        return self.std / math.sqrt(self.n) if self.n > 1 else math.nan
+
     @classmethod
     def of(cls, values: np.ndarray) -> "Summary":
         n = len(values)
