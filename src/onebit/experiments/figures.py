@@ -154,10 +154,9 @@ def margin_over_training(ms: list[Margin], epochs_of: Callable[[str], list[dict[
             s = m.bn.settings
             curves.setdefault((s["depth"], s["width"]), []).append((m, curve))
     nets = sorted(curves)
-    fig, axes = plt.subplots(1, max(len(nets), 1), figsize=(1.5 + 3.6 * max(len(nets), 1), 4), sharey=True,
-                             squeeze=False)
-    lo, hi, clipped = margin_limits([c for net in nets for _, c in curves[net]] or [
-        {"diff": np.zeros(1), "low": np.zeros(1), "high": np.zeros(1)}])
+    panels = max(len(nets), 1)
+    fig, axes = plt.subplots(1, panels, figsize=(1.5 + 3.6 * panels, 4), sharey=True, squeeze=False)
+    lo, hi, clipped = margin_limits([c for net in nets for _, c in curves[net]])
     for ax, (depth, width) in zip(axes[0], nets):
         for m, curve in sorted(curves[(depth, width)], key=lambda mc: mc[0].bn.settings["weight_bits"]):
             bits = m.bn.settings["weight_bits"]

@@ -1,11 +1,11 @@
 """The study report: ``report.md`` plus PNG figures, written from a results store.
 
-Sections: one error-rate table per dataset (mean +/- sample std over seeds, the standard error of the mean
-std / sqrt(n), n, beside the published numbers
-of docs/paper.md), the accuracy margin of BN over shifted ReLU with its Welch 95% confidence interval and a
-sentence on its significance (see ``stats``), figures (test error versus width, learning curves, learning-rate
-schedules), the cost of each variant (parameters, weight memory at the stored bit-widths, MACs and extra BN
-operations per image from ``onebit.models.summary``, and the measured training images/s), and provenance.
+Sections: one error-rate table per dataset (mean +/- sample std over seeds, the standard error std/sqrt(n),
+n, beside the published numbers of docs/paper.md), the accuracy margin of BN over shifted ReLU with
+its Welch 95% confidence interval and a sentence on its significance (see ``stats``), figures (test error
+versus width, learning curves, learning-rate schedules), the cost of each variant (parameters, weight memory
+at the stored bit-widths, MACs and extra BN operations per image from ``onebit.models.summary``, and the
+measured training images/s), and provenance.
 """
 
 from __future__ import annotations
